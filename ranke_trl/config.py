@@ -1,0 +1,194 @@
+"""`RankEConfig`: every RankE setting in one place, on top of TRL's `GRPOConfig`.
+
+Defaults follow `METHOD.md`. Values the paper does not state are marked "(ours)" in their help text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+
+@dataclass
+class RankEConfig(GRPOConfig):
+    r"""Configuration of [`RankEGRPOTrainer`].
+
+    TRL's own fields keep their names and meaning (`temperature`, `top_k`, `top_p`, `beta`, `epsilon`,
+    `num_generations`, `loss_type`, `sync_ref_model`, ...). Their defaults are changed to the paper's Stage 1
+    (METHOD.md): `loss_type="grpo"`, `beta=0.05`, `top_p=0.9`, `sync_ref_model=True` and `weight_decay=0.01`.
+    """
+
+    # ------------------------------------------------------------------ TRL fields with the paper's defaults
+    loss_type: str = field(default="grpo", metadata={"help": "GRPO loss aggregation; the paper's Eq. 3 is 'grpo'."})
+    beta: float = field(default=0.05, metadata={"help": "KL coefficient to the EMA reference policy (paper: 0.05)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling threshold for rollouts (paper: 0.9)."})
+    sync_ref_model: bool = field(
+        default=True,
+        metadata={"help": "Keep the reference policy as an EMA of the policy (paper: EMA reference)."},
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the policy (paper: 0.01)."})
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={"help": "Must stay False: image sequences have no EOS, so every rollout would be masked."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Gradient checkpointing of the policy's language model (ours: off)."}
+    )
+
+    # ------------------------------------------------------------------ modes
+    train_policy: bool = field(
+        default=True, metadata={"help": "Stage 1: update the image-token policy with GRPO. False = Decoder-only."}
+    )
+    train_decoder: bool = field(
+        default=True,
+        metadata={"help": "Stage 2: co-evolve the VQ decoder on the policy's rollouts. False = 'Std. RL' baseline."},
+    )
+
+    # ------------------------------------------------------------------ rollouts
+    guidance_scale: float = field(
+        default=5.0,
+        metadata={"help": "Classifier-free guidance scale `s` in `u + s(c - u)`; 1 disables CFG (ours: 5.0, Janus's default)."},
+    )
+    logprob_mode: str = field(
+        default="guided",
+        metadata={
+            "help": "Which distribution the GRPO log-probs score. 'guided': the CFG-combined, temperature-scaled "
+            "distribution the rollouts were drawn from, before top-k/top-p truncation (ours). 'conditional': the "
+            "conditional branch alone, temperature-scaled."
+        },
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "Template wrapping each prompt, with a `{prompt}` slot. Default: the backbone's chat format."},
+    )
+
+    # ------------------------------------------------------------------ data
+    image_column: str = field(
+        default="image",
+        metadata={"help": "Dataset column with corpus images: ground-truth codes for L_rec, L_Dis and the shift diagnostics."},
+    )
+
+    # ------------------------------------------------------------------ diagnostics and logging
+    gt_code_stats_path: str | None = field(
+        default=None,
+        metadata={"help": "A saved ground-truth code histogram (`.safetensors`) for the shift diagnostics."},
+    )
+    diagnostics_max_images: int = field(
+        default=1024,
+        metadata={"help": "How many corpus images to encode for the ground-truth code histogram (ours)."},
+    )
+    diagnostics_smoothing: float = field(
+        default=1.0,
+        metadata={"help": "Additive (Laplace) smoothing count per codebook entry in KL(p_theta || p_gt) (ours)."},
+    )
+    log_images_steps: int = field(
+        default=50, metadata={"help": "Log a grid of rollout images every this many steps (0 disables)."}
+    )
+    num_images_to_log: int = field(default=8, metadata={"help": "Images in each logged grid."})
+
+    # ------------------------------------------------------------------ Stage 2 schedule (Algorithm 1)
+    policy_steps_per_phase: int = field(
+        default=1, metadata={"help": "T_pi: GRPO optimiser steps per policy phase (ours: 1)."}
+    )
+    decoder_steps_per_phase: int = field(
+        default=1, metadata={"help": "T_D: decoder optimiser steps per decoder phase (ours: 1)."}
+    )
+    decoder_batch_size: int = field(
+        default=8, metadata={"help": "Rollouts (and corpus images) per decoder step (ours: 8)."}
+    )
+    rollout_cache: str = field(
+        default="clear",
+        metadata={"help": "Rollout cache between phases: 'clear' after each decoder phase, or 'fifo' (bounded)."},
+    )
+    rollout_cache_size: int = field(
+        default=512, metadata={"help": "Maximum cached rollouts when `rollout_cache='fifo'` (ours)."}
+    )
+
+    # ------------------------------------------------------------------ Stage 2 losses (Eq. 4-8)
+    lambda_rbp: float = field(default=0.5, metadata={"help": "Weight of reward back-propagation L_rbp (ours: 0.5)."})
+    lambda_gan: float = field(default=0.1, metadata={"help": "Weight of the Rank-GAN loss (ours: 0.1)."})
+    lambda_rec: float = field(default=1.0, metadata={"help": "Weight of the reconstruction anchor L_rec (ours: 1.0)."})
+    lambda_cons: float = field(default=1.0, metadata={"help": "Weight of the EMA consistency L_cons (paper E.1: 1.0)."})
+    lambda_lpips: float = field(
+        default=1.0, metadata={"help": "LPIPS weight lambda_p inside L_rec (ours: 1.0); 0 skips LPIPS."}
+    )
+    lpips_net: str = field(default="vgg", metadata={"help": "LPIPS backbone: 'vgg' or 'alex'."})
+    lpips_weights_path: str | None = field(
+        default=None,
+        metadata={"help": "Local file with the LPIPS backbone's ImageNet weights; None downloads them (torchvision)."},
+    )
+    rank_gan_temperature: float = field(
+        default=0.1,
+        metadata={"help": "Importance temperature tau of the Rank-GAN weights (paper: 0.1); 'inf' = uniform GAN."},
+    )
+    gan_loss: str = field(
+        default="non_saturating", metadata={"help": "Adversarial loss: 'non_saturating' (paper) or 'hinge'."}
+    )
+
+    # ------------------------------------------------------------------ Stage 2 optimisation (Table F.1)
+    decoder_learning_rate: float = field(default=1e-5, metadata={"help": "Decoder AdamW learning rate (ours)."})
+    discriminator_learning_rate: float = field(
+        default=1e-4, metadata={"help": "Discriminator AdamW learning rate (ours)."}
+    )
+    decoder_adam_beta1: float = field(default=0.5, metadata={"help": "Stage 2 AdamW beta1 (paper: 0.5)."})
+    decoder_adam_beta2: float = field(default=0.9, metadata={"help": "Stage 2 AdamW beta2 (paper: 0.9)."})
+    decoder_weight_decay: float = field(default=0.05, metadata={"help": "Stage 2 AdamW weight decay (paper: 0.05)."})
+    decoder_max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "Gradient-norm clip of decoder and discriminator; None disables (ours: 1.0)."}
+    )
+    decoder_bf16: bool = field(default=False, metadata={"help": "Run Stage 2 forward passes under bf16 autocast."})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA teacher decay mu (paper: 0.999)."})
+    ema_device: str | None = field(
+        default=None, metadata={"help": "Device of the EMA teacher, e.g. 'cpu' to save accelerator memory."}
+    )
+    ema_dtype: str | None = field(default=None, metadata={"help": "dtype of the EMA teacher, e.g. 'bfloat16'."})
+    train_codebook: bool = field(
+        default=False, metadata={"help": "Also train the codebook embedding in Stage 2 (ours: frozen)."}
+    )
+    discriminator_channels: int = field(default=64, metadata={"help": "Base width of the PatchGAN (ours)."})
+    discriminator_layers: int = field(default=3, metadata={"help": "Strided conv layers of the PatchGAN (ours)."})
+    max_nonfinite_decoder_steps: int = field(
+        default=10,
+        metadata={"help": "Stop with an error after this many consecutive non-finite decoder losses (ours)."},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.rank_gan_temperature, str):
+            self.rank_gan_temperature = float(self.rank_gan_temperature)
+        super().__post_init__()
+        self._validate_ranke()
+
+    def _validate_ranke(self):
+        choices = {
+            "logprob_mode": ("guided", "conditional"),
+            "rollout_cache": ("clear", "fifo"),
+            "gan_loss": ("non_saturating", "hinge"),
+            "lpips_net": ("vgg", "alex"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"RankEConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
+        if self.mask_truncated_completions:
+            raise ValueError(
+                "mask_truncated_completions=True would zero the whole loss: image-token rollouts have no EOS, so "
+                "every one counts as truncated. Set it to False."
+            )
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1 disables CFG), got {self.guidance_scale}.")
+        if not (self.rank_gan_temperature > 0 or math.isinf(self.rank_gan_temperature)):
+            raise ValueError(f"rank_gan_temperature must be > 0 or inf, got {self.rank_gan_temperature}.")
+        for name in ("lambda_rbp", "lambda_gan", "lambda_rec", "lambda_cons", "lambda_lpips"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RankEConfig.{name} must be >= 0, got {getattr(self, name)}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
+        for name in ("policy_steps_per_phase", "decoder_steps_per_phase", "decoder_batch_size", "rollout_cache_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RankEConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if not (self.train_policy or self.train_decoder):
+            raise ValueError(
+                "train_policy=False and train_decoder=False trains nothing; that is the Base model. Evaluate it "
+                "with examples/evaluate.py instead."
+            )

@@ -1,0 +1,161 @@
+"""The small interface every image-token backbone implements, and the sampling pieces they share.
+
+The trainer talks only to :class:`ImageTokenPolicy` (prompts -> codes -> log-probs) and :class:`VQCodec`
+(codes <-> pixels), so a second backbone (LlamaGen) is a second adapter, not a second trainer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+LogProbMode = Literal["guided", "conditional"]
+
+
+@dataclass
+class PromptBatch:
+    """Tokenised prompts, left-padded.
+
+    `input_ids` / `attention_mask`: (B, L) for the conditional branch. `uncond_input_ids`: (B, L), the same rows
+    with every token but BOS and begin-of-image replaced by pad (the unconditional branch of CFG).
+    """
+
+    input_ids: torch.LongTensor
+    attention_mask: torch.LongTensor
+    uncond_input_ids: torch.LongTensor
+
+    def to(self, device) -> "PromptBatch":
+        return PromptBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.uncond_input_ids)))
+
+
+@dataclass
+class ImageCodeLogProbs(ModelOutput):
+    """Output of a teacher-forced pass over image codes. A `ModelOutput`, so DDP can find its tensors.
+
+    `log_probs`: (B, N) log-probability of each given code. `entropy`: (B, N) entropy in nats of the scored
+    distribution, or None when not asked for.
+    """
+
+    log_probs: torch.FloatTensor | None = None
+    entropy: torch.FloatTensor | None = None
+
+
+def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) filtering, in the order transformers applies them.
+
+    `logits`: (B, K). Filtered entries become -inf. `top_k=0` and `top_p=1.0` disable each filter; `temperature`
+    must be positive.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; use top_k=1 for greedy decoding.")
+    logits = logits / temperature if temperature != 1.0 else logits
+    if top_k and top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token once the mass *before* it already reaches top_p; the most likely token always stays.
+        remove_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance, `u + s * (c - u)`. With no unconditional logits (s = 1), returns `cond`."""
+    if uncond is None:
+        return cond
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Positions that skip left padding: (B, L) attention mask -> (B, L) positions starting at 0 on the first token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class VQCodec(ABC):
+    """A VQ tokenizer seen as codes <-> pixels. Pixels are (B, 3, H, W) in [-1, 1]; codes are (B, N) in [0, K)."""
+
+    #: the `nn.Module` that owns every parameter (encoder, quantizer, decoder)
+    module: nn.Module
+
+    @property
+    @abstractmethod
+    def codebook_size(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_tokens(self) -> int:
+        """N, the number of codes per image."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int: ...
+
+    @abstractmethod
+    def decode(self, codes: torch.LongTensor) -> torch.Tensor:
+        """Render codes (B, N) to pixels (B, 3, H, W), roughly in [-1, 1] (not clamped); differentiable in φ."""
+
+    @abstractmethod
+    def encode(self, pixels: torch.Tensor) -> torch.LongTensor:
+        """Quantise pixels (B, 3, H, W) in [-1, 1] to codes (B, N) with the frozen encoder; no gradient."""
+
+    @abstractmethod
+    def decoder_parameters(self, train_codebook: bool = False) -> list[nn.Parameter]:
+        """The decoder-side parameters Stage 2 may train (never the encoder)."""
+
+
+class ImageTokenPolicy(ABC):
+    """An autoregressive image-token model, seen through the five operations RankE needs.
+
+    The methods that run the network take the model explicitly (`model`), so the trainer can pass the wrapped
+    model (DDP / DeepSpeed), the reference model or an unwrapped copy for generation.
+    """
+
+    #: N, codes per image; K, codebook size
+    num_image_tokens: int
+    codebook_size: int
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list, device=None) -> PromptBatch:
+        """Tokenise text prompts (strings or chat messages) into a left-padded :class:`PromptBatch`."""
+
+    @abstractmethod
+    def sample(
+        self,
+        model: nn.Module,
+        prompts: PromptBatch,
+        *,
+        guidance_scale: float,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.LongTensor:
+        """Draw one image per prompt row with a KV-cached CFG sampler. Returns codes (B, N)."""
+
+    @abstractmethod
+    def code_log_probs(
+        self,
+        model: nn.Module,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        codes: torch.LongTensor,
+        *,
+        guidance_scale: float,
+        temperature: float = 1.0,
+        mode: LogProbMode = "guided",
+        compute_entropy: bool = False,
+    ) -> ImageCodeLogProbs:
+        """Teacher-forced per-code log-probs of `codes` (B, N) given prompts, in one forward pass."""
+
+    @abstractmethod
+    def codec(self, model: nn.Module) -> VQCodec:
+        """The VQ tokenizer of `model` as a :class:`VQCodec`."""
