@@ -59,6 +59,10 @@ class RankEConfig(GRPOConfig):
             "conditional branch alone, temperature-scaled."
         },
     )
+    generation_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Rollouts sampled and decoded per forward on each process; None = the whole local batch (ours)."},
+    )
     prompt_template: str | None = field(
         default=None,
         metadata={"help": "Template wrapping each prompt, with a `{prompt}` slot. Default: the backbone's chat format."},

@@ -273,16 +273,14 @@ def install_image_forward(model: nn.Module, policy: JanusPolicy) -> None:
     janus = _unwrap(model)
     if getattr(janus, "_ranke_original_forward", None) is not None:
         return
-    original_forward = janus.forward
-
     def forward(self, *args, image_codes=None, image_code_kwargs=None, **kwargs):
         if image_codes is None:
-            return original_forward(*args, **kwargs)
+            return self._ranke_original_forward(*args, **kwargs)
         return policy._teacher_forced(
             self, kwargs["input_ids"], kwargs["attention_mask"], image_codes, **(image_code_kwargs or {})
         )
 
-    janus._ranke_original_forward = original_forward
+    janus._ranke_original_forward = janus.forward
     janus.forward = types.MethodType(forward, janus)
 
 

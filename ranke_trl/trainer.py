@@ -1,0 +1,281 @@
+"""`RankEGRPOTrainer`: TRL's `GRPOTrainer` on image tokens (Stage 1, the E-step), with the decoder phase (Stage 2,
+the M-step) run at phase boundaries.
+
+Overrides, each as small as it can be:
+- `_generate`: CFG rollouts with the policy adapter's sampler; completions are codes.
+- `_calculate_rewards`: decodes the codes with the *current* decoder and hands images to the reward functions.
+- `_get_per_token_logps_and_entropies`: teacher-forced code log-probs through the wrapped model.
+Everything else (advantages, the clipped loss, KL, logging, the EMA reference callback) is TRL's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections.abc import Callable
+
+import torch
+from accelerate.utils import gather, gather_object
+from torch import nn
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
+from trl import GRPOTrainer
+from trl.models import prepare_deepspeed, unwrap_model_for_generation
+from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import disable_dropout_in_model, get_callable_name, is_async_callable
+
+from .config import RankEConfig
+from .image_logging import log_image_grid
+from .policy import load_policy_model, make_policy
+from .policy.janus import detach_vq, install_image_forward
+
+logger = logging.getLogger(__name__)
+
+
+class _NamedReward:
+    """Wraps a reward function so an exception or a bad return names the reward that failed."""
+
+    def __init__(self, func: Callable, name: str):
+        self.func, self.__name__ = func, name
+
+    def __getattr__(self, item):  # expose `score`, `is_differentiable`, ... of the wrapped reward
+        return getattr(self.func, item)
+
+    def __call__(self, *args, **kwargs):
+        try:
+            out = self.func(*args, **kwargs)
+        except Exception as err:
+            raise RuntimeError(f"Reward function '{self.__name__}' raised {type(err).__name__}: {err}") from err
+        if isinstance(out, torch.Tensor):
+            out = out.detach().float().cpu().tolist()
+        if not isinstance(out, (list, tuple)):
+            raise TypeError(
+                f"Reward function '{self.__name__}' returned {type(out).__name__}; it must return a list of floats, "
+                "one per image."
+            )
+        return list(out)
+
+
+class RankEGRPOTrainer(GRPOTrainer):
+    """GRPO on the image tokens of a discrete autoregressive text-to-image model, with RankE decoder co-evolution.
+
+    A drop-in replacement for `trl.GRPOTrainer`:
+
+    Args:
+        model: a Hub id, a local path, or a loaded `JanusForConditionalGeneration`.
+        reward_funcs: TRL-style callables `f(prompts, completions, **kwargs) -> list[float]`. `completions` holds the
+            decoded images, one per prompt row, each a float tensor `(3, H, W)` in `[0, 1]`; `completion_ids` holds
+            their codes. The dataset's other columns arrive as keyword arguments. Rewards that also offer a
+            differentiable `score(images, prompts)` can drive reward back-propagation in Stage 2.
+        args: a [`RankEConfig`].
+        train_dataset: a `datasets.Dataset` with a `prompt` column (and an `image` column for Stage 2 and the
+            shift diagnostics).
+        processing_class: the `JanusProcessor` (as `AutoProcessor` loads it) or its tokenizer.
+    """
+
+    _tag_names = ["trl", "grpo", "ranke", "text-to-image"]
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: RankEConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model") or "model"
+            args = RankEConfig(f"{os.path.basename(str(name).rstrip('/'))}-RankE")
+        if not isinstance(args, RankEConfig):
+            raise TypeError(f"`args` must be a RankEConfig, got {type(args).__name__}.")
+        if isinstance(model, str):
+            model, processing_class = load_policy_model(model, args, processing_class)
+        self.processor = processing_class if isinstance(processing_class, ProcessorMixin) else None
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(
+                "`processing_class` must be the model's processor (AutoProcessor) or its tokenizer, got "
+                f"{type(processing_class).__name__}."
+            )
+        reward_funcs = self._check_reward_funcs(reward_funcs)
+
+        # The policy adapter owns every backbone detail; the VQ model leaves the policy so that neither the
+        # policy's optimizer nor its DeepSpeed engine ever owns the decoder (NOTES.md).
+        self.policy = make_policy(model, tokenizer, prompt_template=args.prompt_template)
+        self.codec = self.policy.codec(model)
+        detach_vq(model)
+        install_image_forward(model, self.policy)
+        args.max_completion_length = self.policy.num_image_tokens
+
+        # TRL would rebuild the reference from `config._name_or_path`, which fails for in-memory models and would
+        # carry the VQ model; build it here from the policy instead (same parameters, so SyncRefModel's EMA works).
+        beta, sync_ref = args.beta, args.sync_ref_model
+        needs_ref = beta != 0.0 and peft_config is None and not hasattr(model, "peft_config")
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref else None
+        args.beta, args.sync_ref_model = (0.0, False) if needs_ref else (beta, sync_ref)
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=tokenizer,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+            )
+        finally:
+            args.beta, args.sync_ref_model = beta, sync_ref
+        self.beta = beta
+        self.reward_funcs = [
+            f if isinstance(f, nn.Module) or is_async_callable(f) else _NamedReward(f, n)
+            for f, n in zip(self.reward_funcs, self.reward_func_names, strict=True)
+        ]
+        if ref_model is not None:
+            self._setup_ref_model(ref_model, sync_ref)
+
+        self.codec.module.to(self.accelerator.device).eval().requires_grad_(False)
+        logger.info(
+            "RankE: %d image tokens per rollout, codebook %d, CFG %.2f, log-probs score the %s distribution.",
+            self.policy.num_image_tokens,
+            self.policy.codebook_size,
+            args.guidance_scale,
+            args.logprob_mode,
+        )
+        self._last_rollouts = None  # (images (B,3,H,W) in [0,1], prompts) of the latest batch, for image logging
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    @staticmethod
+    def _check_reward_funcs(reward_funcs):
+        if reward_funcs is None:
+            raise ValueError("RankEGRPOTrainer needs at least one reward function scoring images.")
+        reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
+        for func in reward_funcs:
+            if isinstance(func, (str, nn.Module)):
+                raise TypeError(
+                    f"Reward {get_callable_name(func) if callable(func) else func!r} is a model or a model id; TRL "
+                    "would treat it as a text classifier. Image rewards must be plain callables "
+                    "`f(prompts, completions, **kwargs) -> list[float]` (they may hold a model), e.g. "
+                    "`ranke_trl.rewards.CLIPReward`."
+                )
+            if not callable(func):
+                raise TypeError(f"Reward function {func!r} is not callable.")
+        return reward_funcs
+
+    def _setup_ref_model(self, ref_model: nn.Module, sync_ref: bool) -> None:
+        if self.args.disable_dropout:
+            disable_dropout_in_model(ref_model)
+        if self.is_deepspeed_enabled:
+            self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
+        else:
+            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+        if sync_ref:
+            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+
+    # ------------------------------------------------------------------------------------------------ Stage 1
+    def _generate_and_score_completions(self, inputs):
+        # Corpus images are Stage 2 data, not VLM inputs; TRL would route an `image` column to a processor.
+        hidden = {self.args.image_column, "image", "images"}
+        inputs = [{k: v for k, v in row.items() if k not in hidden} for row in inputs]
+        return super()._generate_and_score_completions(inputs)
+
+    def _generate(self, prompts: list):
+        device = self.accelerator.device
+        prompt_ids = self.policy.prompt_token_ids(prompts)
+        chunk = self.args.generation_chunk_size or len(prompt_ids)
+        codes = []
+        with unwrap_model_for_generation(
+            self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
+        ) as unwrapped:
+            for start in range(0, len(prompt_ids), chunk):
+                batch = self.policy.batch_from_ids(prompt_ids[start : start + chunk], device)
+                codes.append(
+                    self.policy.sample(
+                        unwrapped,
+                        batch,
+                        guidance_scale=self.args.guidance_scale,
+                        temperature=self.temperature,
+                        top_k=self.top_k or 0,
+                        top_p=self.top_p if self.top_p is not None else 1.0,
+                    )
+                )
+        codes = torch.cat(codes)
+        mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            num_tokens = self.accelerator.gather(torch.tensor(codes.numel() + sum(map(len, prompt_ids)), device=device))
+            self.state.num_input_tokens_seen += num_tokens.sum().item()
+        self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
+        # Completions stay light-weight strings for TRL's logs; `_calculate_rewards` turns codes into images.
+        completions = [f"<image: {codes.size(1)} codes>"] * len(prompts)
+        return prompt_ids, codes.tolist(), None, completions, None, {}, None, []
+
+    @torch.no_grad()
+    def decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
+        """Codes (B, N) -> images (B, 3, H, W) in [0, 1], decoded by the current decoder in chunks."""
+        chunk = self.args.generation_chunk_size or len(codes)
+        pixels = [self.codec.decode(codes[i : i + chunk]) for i in range(0, len(codes), chunk)]
+        return ((torch.cat(pixels).float().clamp(-1, 1) + 1) / 2).contiguous()
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        codes = torch.tensor(completion_ids_list, dtype=torch.long, device=self.accelerator.device)
+        images = self.decode_images(codes)
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, list(images), completion_ids_list)
+        self._after_rewards(codes, images, prompts, rewards_per_func)
+        return rewards_per_func
+
+    def _after_rewards(self, codes, images, prompts, rewards_per_func) -> None:
+        """Record the batch: shift diagnostics and logged samples (and, with a decoder phase, the rollout cache)."""
+        mode = "train" if self.model.training else "eval"
+        all_codes = gather(codes)
+        for key, value in self.shift_diagnostics(all_codes).items():
+            self._metrics[mode][key].append(value)
+        keep = min(self.args.num_images_to_log, len(images))
+        self._last_rollouts = (images[:keep].cpu(), [str(p) for p in prompts[:keep]])
+
+    def shift_diagnostics(self, codes: torch.LongTensor) -> dict[str, float]:
+        """Latent Covariate Shift diagnostics of a batch of rollout codes (METHOD.md, Appendix C)."""
+        return {}
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
+    ):
+        """Per-code log-probs (B, N) of the rollouts under `model` (the wrapped policy, or the reference)."""
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            rows = slice(start, start + batch_size)
+            out = self.policy.code_log_probs(
+                model,
+                input_ids[rows, :-logits_to_keep],
+                attention_mask[rows, :-logits_to_keep],
+                input_ids[rows, -logits_to_keep:],
+                guidance_scale=self.args.guidance_scale,
+                temperature=self.temperature,
+                mode=self.args.logprob_mode,
+                compute_entropy=compute_entropy,
+            )
+            logps.append(out.log_probs)
+            if compute_entropy:
+                entropies.append(out.entropy)
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        super().log(logs, start_time)
+        every = self.args.log_images_steps
+        step = self.state.global_step
+        if every and step % every == 0 and self._last_rollouts is not None and self.accelerator.is_main_process:
+            images, prompts = self._last_rollouts
+            log_image_grid(
+                images, prompts, step, self.args.output_dir, self.args.report_to, self.callback_handler.callbacks
+            )
+
+
+def _is_finite(value: float) -> bool:
+    return not (math.isnan(value) or math.isinf(value))
