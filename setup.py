@@ -19,6 +19,7 @@ setup(
         "diffusers>=0.35",
         "open_clip_torch>=3.0",
         "torchmetrics>=1.5",
+        "torch-fidelity",
         "lpips>=0.1.4",
         "safetensors",
         "huggingface_hub",

@@ -1,0 +1,7 @@
+"""RankE on TRL: GRPO for discrete autoregressive text-to-image models, with a co-evolving VQ decoder."""
+
+from .config import RankEConfig
+from .trainer import RankEGRPOTrainer
+
+__version__ = "0.1.0"
+__all__ = ["RankEConfig", "RankEGRPOTrainer", "__version__"]

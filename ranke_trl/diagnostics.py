@@ -132,7 +132,7 @@ class CodeHistogram:
         The check is mandatory: a histogram from another tokenizer would give a meaningless KL.
         """
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"No code histogram at {path}; build one with CodeHistogram(...).update(...).save().")
+            raise FileNotFoundError(f"No code histogram at {path}; build one with CodeHistogram.update(...).save().")
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             if metadata.get("format") != _HISTOGRAM_FORMAT or "counts" not in handle.keys():

@@ -26,6 +26,8 @@ from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import disable_dropout_in_model, get_callable_name, is_async_callable
 
 from .config import RankEConfig
+from .corpus import CorpusImages, encode_corpus
+from .diagnostics import CodeHistogram, ShiftDiagnostics
 from .image_logging import log_image_grid
 from .policy import load_policy_model, make_policy
 from .policy.janus import detach_vq, install_image_forward
@@ -149,6 +151,10 @@ class RankEGRPOTrainer(GRPOTrainer):
             args.logprob_mode,
         )
         self._last_rollouts = None  # (images (B,3,H,W) in [0,1], prompts) of the latest batch, for image logging
+        self._shift_diagnostics = None
+        self._corpus_codes = None
+        has_images = train_dataset is not None and args.image_column in getattr(train_dataset, "column_names", [])
+        self.corpus = CorpusImages(train_dataset, args.image_column, self.codec.image_size) if has_images else None
 
     # ------------------------------------------------------------------------------------------------ set-up
     @staticmethod
@@ -240,7 +246,46 @@ class RankEGRPOTrainer(GRPOTrainer):
 
     def shift_diagnostics(self, codes: torch.LongTensor) -> dict[str, float]:
         """Latent Covariate Shift diagnostics of a batch of rollout codes (METHOD.md, Appendix C)."""
-        return {}
+        if self._shift_diagnostics is None:
+            self._shift_diagnostics = self._build_shift_diagnostics()
+        return self._shift_diagnostics(codes)
+
+    def _build_shift_diagnostics(self) -> ShiftDiagnostics:
+        args, size = self.args, self.policy.codebook_size
+        if args.gt_code_stats_path:
+            return ShiftDiagnostics.from_file(args.gt_code_stats_path, size, args.diagnostics_smoothing)
+        codes = self.corpus_codes(limit=args.diagnostics_max_images)
+        if codes is None:
+            logger.warning(
+                "No ground-truth code statistics: the dataset has no %r column and `gt_code_stats_path` is unset. "
+                "Logging the codebook entropy only, without KL(p_theta || p_gt).",
+                args.image_column,
+            )
+            return ShiftDiagnostics(None, size, args.diagnostics_smoothing)
+        histogram = CodeHistogram(size).update(codes[: args.diagnostics_max_images])
+        if self.accelerator.is_main_process:
+            histogram.save(os.path.join(args.output_dir, "gt_code_stats.safetensors"))
+        return ShiftDiagnostics(histogram.counts, size, args.diagnostics_smoothing)
+
+    def corpus_codes(self, limit: int | None = None) -> torch.LongTensor | None:
+        """Ground-truth codes (M, N) of the dataset's corpus images, encoded once by the frozen encoder and cached.
+
+        None when the training set has no image column.
+        """
+        if self.corpus is None:
+            return None
+        if self._corpus_codes is None or (limit is None and len(self._corpus_codes) < len(self.corpus)):
+            cache = os.path.join(self.args.output_dir, "ranke_cache", f"corpus_codes_{limit or 'all'}.safetensors")
+            self._corpus_codes = encode_corpus(
+                self.corpus,
+                self.codec,
+                max_images=limit,
+                batch_size=self.args.decoder_batch_size * 4,
+                device=self.accelerator.device,
+                cache_path=cache if self.accelerator.is_main_process else None,
+                show_progress=self.accelerator.is_main_process,
+            )
+        return self._corpus_codes
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs

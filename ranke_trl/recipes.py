@@ -1,0 +1,128 @@
+"""Recipes: YAML files of `RecipeArguments` and `RankEConfig` fields, with command-line overrides.
+
+`parse_recipe(["--recipe", "recipes/janus_clip.yaml", "--learning_rate", "2e-6"])` returns the two dataclasses.
+Every key is checked before anything loads: an unknown key or a value of the wrong type raises `RecipeError`
+naming the key (and, for a typo, the closest valid key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+import yaml
+from transformers import HfArgumentParser
+
+from .config import RankEConfig
+
+
+class RecipeError(ValueError):
+    """A recipe or command-line override that cannot be used, with what to change."""
+
+
+@dataclass
+class RecipeArguments:
+    """What to train on and with which rewards: the recipe fields that are not `RankEConfig` settings."""
+
+    model_name_or_path: str = field(
+        default="deepseek-community/Janus-Pro-1B",
+        metadata={"help": "Policy: a Hub id or local directory of a Janus checkpoint, or 'tiny' (random, offline)."},
+    )
+    dataset_name: str = field(
+        default="tiny",
+        metadata={
+            "help": "Prompt dataset: a Hub id, a local `datasets` directory, a .json/.jsonl/.csv/.parquet file, or "
+            "'tiny' (a few procedural prompt/image pairs, offline)."
+        },
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_split: str = field(default="train", metadata={"help": "Dataset split to train on."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the text prompts."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training rows."})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["clip"],
+        metadata={"help": "Rewards by name (see `ranke_trl.rewards.load_reward`): 'clip', 'hps', 'tiny_clip', ..."},
+    )
+    clip_model_name: str = field(default="ViT-L-14", metadata={"help": "open_clip model of the CLIP reward."})
+    clip_pretrained: str = field(
+        default="openai",
+        metadata={"help": "CLIP weights: an open_clip tag, 'hf-hub:org/name', or a local .safetensors/.bin file."},
+    )
+    hps_version: str = field(default="v2.1", metadata={"help": "HPS checkpoint version for the 'hps' reward."})
+    hps_checkpoint: str | None = field(
+        default=None, metadata={"help": "Local HPS checkpoint file; None downloads it from the Hub (xswu/HPSv2)."}
+    )
+    reward_batch_size: int = field(default=32, metadata={"help": "Images per reward-model forward."})
+
+
+class _RaisingParser(HfArgumentParser):
+    def error(self, message):  # argparse would print usage and exit; a recipe error should say what to fix
+        raise RecipeError(message)
+
+
+def _valid_keys() -> dict[str, type]:
+    keys = {}
+    for cls in (RecipeArguments, RankEConfig):
+        keys.update({f.name: cls for f in fields(cls) if f.init})
+    return keys
+
+
+def _check_key(key: str, source: str) -> None:
+    valid = _valid_keys()
+    if key not in valid:
+        close = difflib.get_close_matches(key, list(valid), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise RecipeError(f"Unknown recipe key '{key}' in {source}.{hint}")
+
+
+def _to_argv(key: str, value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        return [f"--{key}", str(value).lower()]
+    if isinstance(value, list):
+        return [f"--{key}", *[json.dumps(v) if isinstance(v, dict) else str(v) for v in value]]
+    if isinstance(value, dict):
+        return [f"--{key}", json.dumps(value)]
+    return [f"--{key}", str(value)]
+
+
+def load_recipe_file(path: str) -> dict:
+    """Read a recipe YAML into a dict, checking that it is a mapping of valid keys."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"Recipe file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        recipe = yaml.safe_load(f) or {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"{path} must be a YAML mapping of settings, got {type(recipe).__name__}.")
+    for key in recipe:
+        _check_key(str(key), path)
+    return recipe
+
+
+def parse_recipe(argv: list[str] | None = None) -> tuple[RecipeArguments, RankEConfig]:
+    """Parse `--recipe FILE` plus `--key value` overrides (overrides win) into `(RecipeArguments, RankEConfig)`."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    known, overrides = pre.parse_known_args(argv)
+    recipe = load_recipe_file(known.recipe) if known.recipe else {}
+    for token in overrides:
+        if token.startswith("--"):
+            _check_key(token[2:].split("=", 1)[0], "the command line")
+    recipe_argv = [token for key, value in recipe.items() for token in _to_argv(key, value)]
+    if "output_dir" not in recipe and not any(t.split("=", 1)[0] == "--output_dir" for t in overrides):
+        recipe_argv += ["--output_dir", "outputs/ranke"]
+    parser = _RaisingParser((RecipeArguments, RankEConfig))
+    try:
+        script_args, config = parser.parse_args_into_dataclasses(recipe_argv + overrides)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError) as err:  # RankEConfig / TrainingArguments validation
+        raise RecipeError(f"Invalid settings in {known.recipe or 'the command line'}: {err}") from err
+    return script_args, config

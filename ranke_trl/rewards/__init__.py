@@ -1,0 +1,36 @@
+"""Rewards `R(x, c)` that score a decoded image against its prompt (METHOD.md, "The system").
+
+Each reward loads its model once and is then a TRL reward function, `reward(prompts, completions, **kwargs)`
+returning one float per image, plus a differentiable `reward.score(images, prompts)` for reward back-propagation.
+"""
+
+from __future__ import annotations
+
+from .clip import CLIPReward, OpenClipReward, prompt_text
+from .hps import HPSv2Reward, load_hps_state_dict
+from .preprocessing import clip_image_transform
+
+REWARDS = {
+    "clip": CLIPReward,
+    "hps": HPSv2Reward,
+    "hpsv2": HPSv2Reward,
+    "tiny_clip": CLIPReward.tiny,
+}
+
+
+def load_reward(name: str, **kwargs) -> OpenClipReward:
+    """Build the reward called `name` (`"clip"`, `"hps"`/`"hpsv2"`, `"tiny_clip"`), passing `kwargs` to it."""
+    if name not in REWARDS:
+        raise ValueError(f"Unknown reward {name!r}; known rewards: {', '.join(sorted(REWARDS))}.")
+    return REWARDS[name](**kwargs)
+
+
+__all__ = [
+    "CLIPReward",
+    "HPSv2Reward",
+    "OpenClipReward",
+    "clip_image_transform",
+    "load_hps_state_dict",
+    "load_reward",
+    "prompt_text",
+]

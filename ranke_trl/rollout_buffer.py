@@ -1,0 +1,196 @@
+"""The rollout cache between RankE's two stages (METHOD.md, Algorithm 1).
+
+Stage 1 draws rollouts and records their codes, prompts, groups and rewards here; Stage 2 samples minibatches of
+them to train the decoder. Only codes are kept (on CPU): the decoder re-renders them at every step, because its
+weights change.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from .decoder.losses import rank_gan_weights
+
+CACHE_POLICIES = ("clear", "fifo")
+
+
+@dataclass
+class RolloutBatch:
+    """A minibatch of cached rollouts.
+
+    `codes`: (b, N) long codes in [0, K). `prompts`: b strings. `rewards`: (b,) float total rewards.
+    `group_ids`: (b,) long buffer-wide group ids. `weights`: (b,) Rank-GAN weights, computed within each full group.
+    """
+
+    codes: torch.LongTensor
+    prompts: list[str]
+    rewards: torch.Tensor
+    group_ids: torch.LongTensor
+    weights: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.codes.size(0)
+
+    def to(self, device) -> "RolloutBatch":
+        return RolloutBatch(
+            self.codes.to(device), self.prompts, self.rewards.to(device), self.group_ids.to(device), self.weights.to(device)
+        )
+
+
+class RolloutBuffer:
+    """Rollouts `(z, c, r)` of Stage 1, grouped by prompt, for Stage 2's minibatches.
+
+    Args:
+        policy: 'clear' empties the buffer at :meth:`end_phase`; 'fifo' keeps at most `max_size` rollouts, evicting
+            the oldest whole groups (`RankEConfig.rollout_cache`).
+        max_size: the FIFO bound (`RankEConfig.rollout_cache_size`), enforced on every :meth:`add`.
+    """
+
+    def __init__(self, policy: str = "clear", max_size: int = 512):
+        if policy not in CACHE_POLICIES:
+            raise ValueError(f"Rollout cache policy {policy!r} is not one of {CACHE_POLICIES} (RankEConfig.rollout_cache).")
+        if max_size < 1:
+            raise ValueError(f"Rollout cache max_size must be >= 1, got {max_size}.")
+        self.policy = policy
+        self.max_size = max_size
+        self._next_group_id = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.codes = torch.empty(0, 0, dtype=torch.long)
+        self.prompts: list[str] = []
+        self.group_ids = torch.empty(0, dtype=torch.long)
+        self.rewards = torch.empty(0, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def add(self, codes: torch.Tensor, prompts: list[str], group_ids, rewards) -> None:
+        """Record B rollouts.
+
+        Args:
+            codes: (B, N) integer codes (detached and moved to CPU here).
+            prompts: B prompt strings.
+            group_ids: (B,) labels of the prompt groups *within this call* (e.g. `arange(B) // G`). Every group must be
+                complete in one call; the buffer renames labels to ids unique over the buffer's lifetime.
+            rewards: (B,) finite total rewards, as Stage 1 computed them.
+        """
+        codes = torch.as_tensor(codes).detach().to("cpu", torch.long)
+        group_ids = torch.as_tensor(group_ids).detach().to("cpu", torch.long).reshape(-1)
+        rewards = torch.as_tensor(rewards).detach().to("cpu", torch.float32).reshape(-1)
+        batch = codes.size(0)
+        if codes.dim() != 2 or not (len(prompts) == group_ids.numel() == rewards.numel() == batch):
+            raise ValueError(
+                f"add() needs codes (B, N) and B prompts, group ids and rewards; got codes {tuple(codes.shape)}, "
+                f"{len(prompts)} prompts, {group_ids.numel()} group ids, {rewards.numel()} rewards."
+            )
+        if len(self) and codes.size(1) != self.codes.size(1):
+            raise ValueError(f"Rollouts have {codes.size(1)} codes each; the buffer holds {self.codes.size(1)}.")
+        if not torch.isfinite(rewards).all():
+            raise ValueError("Rollout rewards must be finite; a NaN reward (e.g. a reward function returned None) "
+                             "would poison its group's Rank-GAN weights. Fix the reward or drop those rows.")
+        labels, local = torch.unique(group_ids, return_inverse=True)
+        largest = int(torch.bincount(local).max()) if batch else 0
+        if largest > self.max_size:
+            raise ValueError(f"A group of {largest} rollouts exceeds the buffer's max_size={self.max_size}.")
+        self.codes = codes if not len(self) else torch.cat([self.codes, codes])
+        self.prompts = self.prompts + list(prompts)
+        self.group_ids = torch.cat([self.group_ids, local + self._next_group_id])
+        self.rewards = torch.cat([self.rewards, rewards])
+        self._next_group_id += len(labels)
+        if self.policy == "fifo":
+            self._evict()
+
+    def _evict(self) -> None:
+        # Drop whole groups, oldest first: a partial group would renormalise its Rank-GAN weights over survivors.
+        while len(self) > self.max_size:
+            oldest = int(self.group_ids.min())
+            self._keep(self.group_ids != oldest)
+
+    def _keep(self, mask: torch.Tensor) -> None:
+        self.codes = self.codes[mask]
+        self.prompts = list(itertools.compress(self.prompts, mask.tolist()))
+        self.group_ids = self.group_ids[mask]
+        self.rewards = self.rewards[mask]
+
+    def end_phase(self) -> None:
+        """Called after each decoder phase: 'clear' empties the buffer; 'fifo' keeps the newest `max_size` rollouts."""
+        if self.policy == "clear":
+            self._reset()
+        else:
+            self._evict()
+
+    def weights(self, temperature: float) -> torch.Tensor:
+        """(M,) Rank-GAN weights of every cached rollout, each normalised within its full group (Eq. 6)."""
+        return rank_gan_weights(self.rewards, self.group_ids, temperature)
+
+    def minibatches(
+        self,
+        batch_size: int,
+        num_batches: int,
+        *,
+        temperature: float,
+        generator: torch.Generator | None = None,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ) -> list[RolloutBatch]:
+        """Draw `num_batches` minibatches without replacement, reshuffling each time the buffer is used up.
+
+        `temperature` is the Rank-GAN τ (`RankEConfig.rank_gan_temperature`); the weights are computed over the whole
+        buffer, so each group is normalised over all its G rollouts, not over the rows that land in one minibatch.
+
+        With several processes holding the same buffer (the trainer adds the gathered batch on every rank) and the
+        same `generator` seed, each global batch of `batch_size * num_processes` rows is split so every process gets
+        a disjoint slice. A buffer smaller than a global batch shrinks the batch (ours), so no row repeats in a batch.
+        """
+        if len(self) == 0:
+            raise ValueError("The rollout buffer is empty; run Stage 1 (add rollouts) before a decoder phase.")
+        per_process = min(batch_size, len(self) // num_processes)
+        if per_process < 1:
+            raise ValueError(f"{len(self)} cached rollouts cannot be split over {num_processes} processes.")
+        global_size = per_process * num_processes
+        weights = self.weights(temperature)
+        order = torch.empty(0, dtype=torch.long)
+        batches = []
+        for _ in range(num_batches):
+            if order.numel() < global_size:  # drop the remainder of this pass; start a fresh permutation
+                order = torch.randperm(len(self), generator=generator)
+            rows, order = order[:global_size], order[global_size:]
+            rows = rows[process_index * per_process : (process_index + 1) * per_process]
+            batches.append(
+                RolloutBatch(
+                    self.codes[rows],
+                    [self.prompts[i] for i in rows.tolist()],
+                    self.rewards[rows],
+                    self.group_ids[rows],
+                    weights[rows],
+                )
+            )
+        return batches
+
+    def state_dict(self) -> dict:
+        """Everything needed to restore the buffer from a checkpoint (tensors on CPU, prompts as a list)."""
+        return {
+            "policy": self.policy,
+            "max_size": self.max_size,
+            "next_group_id": self._next_group_id,
+            "codes": self.codes.clone(),
+            "prompts": list(self.prompts),
+            "group_ids": self.group_ids.clone(),
+            "rewards": self.rewards.clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["policy"] != self.policy or state["max_size"] != self.max_size:
+            raise ValueError(
+                f"Checkpointed rollout cache is ({state['policy']!r}, {state['max_size']}) but this buffer is "
+                f"({self.policy!r}, {self.max_size}); resume with the same rollout_cache and rollout_cache_size."
+            )
+        self._next_group_id = int(state["next_group_id"])
+        self.codes = state["codes"].to(torch.long).clone()
+        self.prompts = list(state["prompts"])
+        self.group_ids = state["group_ids"].to(torch.long).clone()
+        self.rewards = state["rewards"].to(torch.float32).clone()

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny models built from configs (64 px, 8x8 codes, codebook 256, two-layer transformers)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture
+def tiny_janus():
+    """A fresh, randomly initialised tiny `JanusForConditionalGeneration` in fp32 (seeded: the same every call)."""
+    from ranke_trl.tiny import build_tiny_janus
+
+    return build_tiny_janus(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from ranke_trl.tiny import build_tiny_janus_tokenizer
+
+    return build_tiny_janus_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    from ranke_trl.tiny import build_tiny_janus_processor
+
+    return build_tiny_janus_processor()
+
+
+@pytest.fixture(scope="session")
+def tiny_janus_dir(tmp_path_factory):
+    """A tiny Janus and its processor saved with `save_pretrained`, as a local 'Hub' directory."""
+    from ranke_trl.tiny import save_tiny_janus
+
+    return save_tiny_janus(tmp_path_factory.mktemp("tiny_janus"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,199 @@
+"""RankEGRPOTrainer, Stage 1: GRPO on image tokens with a frozen decoder (the 'Std. RL' mode)."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from ranke_trl import RankEConfig, RankEGRPOTrainer
+
+
+class RecordingReward:
+    """A TRL reward that records what it received; scores the mean red channel (B images in [0, 1])."""
+
+    __name__ = "redness"
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, prompts, completions, **kwargs):
+        self.calls.append({"prompts": prompts, "completions": completions, "kwargs": kwargs})
+        return [float(image[0].mean()) for image in completions]
+
+
+def _dataset(n=8):
+    prompts = ["a red square", "two blue circles", "a green triangle", "a yellow circle"]
+    return Dataset.from_dict({"prompt": [prompts[i % 4] for i in range(n)], "family": ["x"] * n})
+
+
+def _args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        bf16=False,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        train_decoder=False,
+        log_images_steps=1,
+        num_images_to_log=4,
+    )
+    defaults.update(overrides)
+    return RankEConfig(**defaults)
+
+
+def _trainer(tmp_path, model, processing_class, reward=None, **overrides):
+    return RankEGRPOTrainer(
+        model=model,
+        reward_funcs=[reward or RecordingReward()],
+        args=_args(tmp_path, **overrides),
+        train_dataset=_dataset(),
+        processing_class=processing_class,
+    )
+
+
+def test_std_rl_trains_generation_path_and_leaves_vq_bit_identical(tmp_path, tiny_janus, tiny_processor):
+    vq_before = {k: v.clone() for k, v in tiny_janus.model.vqmodel.state_dict().items()}
+    watched = {
+        "generation_head": tiny_janus.model.generation_head.vision_head.weight,
+        "generation_aligner": tiny_janus.model.generation_aligner.fc1.weight,
+        "generation_embeddings": tiny_janus.model.generation_embeddings.weight,
+        "language_model": tiny_janus.model.language_model.layers[0].self_attn.q_proj.weight,
+    }
+    before = {k: v.detach().clone() for k, v in watched.items()}
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
+    trainer.train()
+    for name, param in watched.items():
+        assert not torch.equal(before[name], param.detach()), f"{name} did not change"
+    vq_after = trainer.codec.module.state_dict()
+    assert all(torch.equal(vq_before[k], vq_after[k]) for k in vq_before)
+
+
+def test_text_lm_head_is_not_trained(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
+    trainable = {id(p) for group in trainer.create_optimizer().param_groups for p in group["params"]}
+    vq_ids = {id(p) for p in trainer.codec.module.parameters()}
+    assert not (trainable & vq_ids)
+    assert id(tiny_janus.model.generation_head.vision_head.weight) in trainable
+
+
+def test_rewards_receive_one_image_per_rollout_and_dataset_columns(tmp_path, tiny_janus, tiny_processor):
+    reward = RecordingReward()
+    _trainer(tmp_path, tiny_janus, tiny_processor, reward=reward, max_steps=1).train()
+    call = reward.calls[0]
+    assert len(call["completions"]) == len(call["prompts"]) == 8
+    image = call["completions"][0]
+    assert isinstance(image, torch.Tensor) and image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert image.min() >= 0 and image.max() <= 1
+    assert call["kwargs"]["family"] == ["x"] * 8
+    assert len(call["kwargs"]["completion_ids"][0]) == 64
+
+
+def test_rewards_and_metrics_are_logged(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"reward", "rewards/redness/mean", "rewards/redness/std", "kl", "entropy"} <= logged
+    assert {"shift/entropy_bits"} <= logged
+    assert (tmp_path / "samples" / "step_000001.png").exists()
+
+
+def test_existing_trl_reward_function_runs_unchanged(tmp_path, tiny_janus, tiny_processor):
+    def length_reward(completions, **kwargs):  # a text-style TRL reward: uses only len()
+        return [1.0 for _ in completions]
+
+    trainer = RankEGRPOTrainer(
+        model=tiny_janus,
+        reward_funcs=length_reward,
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=_dataset(),
+        processing_class=tiny_processor.tokenizer,
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["rewards/length_reward/mean"] == 1.0
+
+
+def test_reward_returning_wrong_length_names_the_reward(tmp_path, tiny_janus, tiny_processor):
+    def short_reward(prompts, completions, **kwargs):
+        return [0.0]
+
+    trainer = RankEGRPOTrainer(
+        model=tiny_janus, reward_funcs=short_reward, args=_args(tmp_path, max_steps=1),
+        train_dataset=_dataset(), processing_class=tiny_processor,
+    )
+    with pytest.raises(ValueError, match="short_reward"):
+        trainer.train()
+
+
+def test_reward_that_raises_names_the_reward(tmp_path, tiny_janus, tiny_processor):
+    def broken_reward(prompts, completions, **kwargs):
+        raise KeyError("missing column")
+
+    trainer = RankEGRPOTrainer(
+        model=tiny_janus, reward_funcs=broken_reward, args=_args(tmp_path, max_steps=1),
+        train_dataset=_dataset(), processing_class=tiny_processor,
+    )
+    with pytest.raises(RuntimeError, match="broken_reward"):
+        trainer.train()
+
+
+def test_module_reward_is_rejected_with_a_clear_error(tmp_path, tiny_janus, tiny_processor):
+    with pytest.raises(TypeError, match="plain callables"):
+        RankEGRPOTrainer(
+            model=tiny_janus, reward_funcs=torch.nn.Linear(2, 1), args=_args(tmp_path),
+            train_dataset=_dataset(), processing_class=tiny_processor,
+        )
+
+
+def test_ema_reference_is_built_for_an_in_memory_model(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5)
+    ref_before = trainer.ref_model.model.generation_head.vision_head.weight.detach().clone()
+    trainer.train()
+    policy_w = tiny_janus.model.generation_head.vision_head.weight.detach()
+    ref_after = trainer.ref_model.model.generation_head.vision_head.weight.detach()
+    assert not torch.equal(ref_before, ref_after)  # the EMA moved the reference...
+    assert not torch.equal(ref_after, policy_w)  # ...towards, but not onto, the policy
+    assert trainer.ref_model.model.vqmodel is None  # and it carries no copy of the VQ model
+
+
+def test_loads_model_and_processor_from_a_local_directory(tmp_path, tiny_janus_dir):
+    trainer = RankEGRPOTrainer(
+        model=tiny_janus_dir, reward_funcs=RecordingReward(), args=_args(tmp_path, max_steps=1),
+        train_dataset=_dataset(),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_image_column_is_kept_away_from_trl_vlm_path(tmp_path, tiny_janus, tiny_processor):
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    data = _dataset().to_dict()
+    data["image"] = [Image.new("RGB", (64, 64), "red")] * 8
+    data = Dataset.from_dict(data).cast_column("image", ImageFeature())
+    trainer = RankEGRPOTrainer(
+        model=tiny_janus, reward_funcs=RecordingReward(), args=_args(tmp_path, max_steps=1),
+        train_dataset=data, processing_class=tiny_processor,
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_shift_diagnostics_use_corpus_codes_when_images_exist(tmp_path, tiny_janus, tiny_processor):
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    data = _dataset().to_dict()
+    data["image"] = [Image.new("RGB", (64, 64), c) for c in ["red", "blue"] * 4]
+    data = Dataset.from_dict(data).cast_column("image", ImageFeature())
+    trainer = RankEGRPOTrainer(
+        model=tiny_janus, reward_funcs=RecordingReward(), args=_args(tmp_path, max_steps=1),
+        train_dataset=data, processing_class=tiny_processor,
+    )
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["shift/token_kl_bits"] > 0
+    assert (tmp_path / "gt_code_stats.safetensors").exists()
