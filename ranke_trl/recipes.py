@@ -55,7 +55,10 @@ class RecipeArguments:
     hps_checkpoint: str | None = field(
         default=None, metadata={"help": "Local HPS checkpoint file; None downloads it from the Hub (xswu/HPSv2)."}
     )
-    reward_batch_size: int = field(default=32, metadata={"help": "Images per reward-model forward."})
+    reward_batch_size: int = field(default=32, metadata={"help": "Images per reward-model forward (Stage 1 chunks)."})
+    reward_dtype: str | None = field(
+        default=None, metadata={"help": "dtype of the reward models, e.g. 'bfloat16'; None keeps float32."}
+    )
 
 
 class _RaisingParser(HfArgumentParser):
@@ -126,3 +129,28 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[RecipeArguments, RankEC
     except (ValueError, TypeError) as err:  # RankEConfig / TrainingArguments validation
         raise RecipeError(f"Invalid settings in {known.recipe or 'the command line'}: {err}") from err
     return script_args, config
+
+
+def build_policy(script_args: RecipeArguments, config: RankEConfig):
+    """The policy to hand to the trainer: `(model_or_path, processing_class_or_None)`.
+
+    'tiny' builds a random tiny Janus offline; anything else is a Hub id or local directory the trainer loads.
+    """
+    if script_args.model_name_or_path == "tiny":
+        from .tiny import build_tiny_janus, build_tiny_janus_processor
+
+        return build_tiny_janus(seed=config.seed), build_tiny_janus_processor()
+    return script_args.model_name_or_path, None
+
+
+def build_rewards(script_args: RecipeArguments) -> list:
+    """Instantiate the recipe's rewards by name, each loaded once."""
+    from .rewards import load_reward
+
+    common = {"batch_size": script_args.reward_batch_size, "dtype": script_args.reward_dtype}
+    per_reward = {
+        "clip": {"model_name": script_args.clip_model_name, "pretrained": script_args.clip_pretrained},
+        "hps": {"version": script_args.hps_version, "checkpoint": script_args.hps_checkpoint},
+        "hpsv2": {"version": script_args.hps_version, "checkpoint": script_args.hps_checkpoint},
+    }
+    return [load_reward(name, **common, **per_reward.get(name, {})) for name in script_args.reward_funcs]

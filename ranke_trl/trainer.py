@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 from collections.abc import Callable
 
 import torch
-from accelerate.utils import gather, gather_object
+from accelerate.utils import gather
 from torch import nn
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import GRPOTrainer
@@ -30,7 +29,6 @@ from .corpus import CorpusImages, encode_corpus
 from .diagnostics import CodeHistogram, ShiftDiagnostics
 from .image_logging import log_image_grid
 from .policy import load_policy_model, make_policy
-from .policy.janus import detach_vq, install_image_forward
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +107,7 @@ class RankEGRPOTrainer(GRPOTrainer):
         # The policy adapter owns every backbone detail; the VQ model leaves the policy so that neither the
         # policy's optimizer nor its DeepSpeed engine ever owns the decoder (NOTES.md).
         self.policy = make_policy(model, tokenizer, prompt_template=args.prompt_template)
-        self.codec = self.policy.codec(model)
-        detach_vq(model)
-        install_image_forward(model, self.policy)
+        self.codec = self.policy.prepare_for_training(model)
         args.max_completion_length = self.policy.num_image_tokens
 
         # TRL would rebuild the reference from `config._name_or_path`, which fails for in-memory models and would
@@ -321,6 +317,23 @@ class RankEGRPOTrainer(GRPOTrainer):
                 images, prompts, step, self.args.output_dir, self.args.report_to, self.callback_handler.callbacks
             )
 
-
-def _is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))
+    def print_summary(self) -> None:
+        """Print the last logged metrics and where the samples, checkpoints and final model are (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        last = {}
+        for entry in self.state.log_history:
+            last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+        keys = [k for k in last if k.startswith(("reward", "shift/", "decoder/", "kl", "entropy"))]
+        out = self.args.output_dir
+        lines = [f"RankE finished {self.state.global_step} steps."]
+        lines += [f"  {k:<40} {last[k]:.4g}" for k in sorted(keys)]
+        lines.append(f"  final model (policy + co-evolved VQ): {out}")
+        if os.path.isdir(os.path.join(out, "decoder")):
+            lines.append(f"  standalone decoder:                   {os.path.join(out, 'decoder')}")
+        if os.path.isdir(os.path.join(out, "samples")):
+            lines.append(f"  sample grids:                         {os.path.join(out, 'samples')}")
+        checkpoints = sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) if os.path.isdir(out) else []
+        if checkpoints:
+            lines.append(f"  checkpoints:                          {', '.join(checkpoints)}")
+        print("\n".join(lines))

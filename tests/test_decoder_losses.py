@@ -161,8 +161,9 @@ def test_lpips_loads_the_backbone_from_a_torchvision_state_dict(tmp_path):
     path = tmp_path / "alexnet.pth"
     torch.save(backbone.state_dict(), path)
     lpips = build_lpips("alex", weights_path=str(path))
-    assert torch.equal(lpips.net.slice1[0].weight, backbone.features[0].weight)
-    assert torch.equal(lpips.net.slice5[10].weight, backbone.features[10].weight)
+    # LPIPS's slices hold torchvision's `features[i]` as child "i".
+    assert torch.equal(lpips.net.slice1.get_submodule("0").weight, backbone.features[0].weight)
+    assert torch.equal(lpips.net.slice5.get_submodule("10").weight, backbone.features[10].weight)
 
 
 def test_lpips_rejects_a_file_for_another_backbone(tmp_path):

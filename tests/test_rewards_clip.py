@@ -138,7 +138,12 @@ def test_preprocessing_follows_the_model_preprocess_config():
 
 def test_openai_weights_turn_on_quick_gelu_unless_told_otherwise(monkeypatch):
     seen = []
-    monkeypatch.setattr(open_clip, "create_model", lambda *a, **kw: seen.append(kw["force_quick_gelu"]) or build_tiny_clip())
+
+    def create_model(name, pretrained, force_quick_gelu):
+        seen.append(force_quick_gelu)
+        return build_tiny_clip()
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
 
     CLIPReward("ViT-L-14", "openai")
     CLIPReward("ViT-L-14", "laion2b_s32b_b82k")
@@ -189,3 +194,8 @@ def test_real_clip_prefers_the_prompt_that_describes_the_image():
     matching, other = reward(["a plain red square", "a plain green square"], [red, red])
 
     assert matching > other
+
+
+def test_missing_weights_raise_an_error_that_says_how_to_load_local_ones(tmp_path):
+    with pytest.raises(RuntimeError, match="pass a local weight file"):
+        CLIPReward("ViT-B-32", str(tmp_path / "missing.safetensors"))

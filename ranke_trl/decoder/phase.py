@@ -59,11 +59,11 @@ class EMATeacher:
         device = torch.device(device) if device is not None else ref.device
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or ref.dtype)
         trainable = {id(p) for p in params}
-        shared = {}
-        if device == ref.device and dtype == ref.dtype:
-            shared = {id(p): p for p in codec.module.parameters() if id(p) not in trainable}
+        same_place = device == ref.device and dtype == ref.dtype
+        # deepcopy's memo: parameters listed here are reused, not copied.
+        shared = {id(p): p for p in codec.module.parameters() if id(p) not in trainable} if same_place else {}
         self.codec = copy.deepcopy(codec, shared)
-        if not shared:
+        if not same_place:
             self.codec.module.to(device=device, dtype=dtype)
         self.codec.module.requires_grad_(False)
         self.params = self.codec.decoder_parameters(train_codebook)

@@ -159,3 +159,16 @@ class ImageTokenPolicy(ABC):
     @abstractmethod
     def codec(self, model: nn.Module) -> VQCodec:
         """The VQ tokenizer of `model` as a :class:`VQCodec`."""
+
+    @abstractmethod
+    def prepare_for_training(self, model: nn.Module) -> VQCodec:
+        """Make `model` trainable by the GRPO trainer and return its VQ tokenizer, detached from it.
+
+        Afterwards `model(..., image_codes=codes)` returns :class:`ImageCodeLogProbs` (so scoring goes through the
+        wrapped model and its DDP/DeepSpeed hooks), and the VQ model is no longer a submodule of the policy (so the
+        policy's optimizer and DeepSpeed engine never own the decoder).
+        """
+
+    @abstractmethod
+    def codec_attached(self, model: nn.Module, codec: VQCodec):
+        """Context manager that re-attaches `codec`'s module to `model`, e.g. to save the whole system."""

@@ -264,6 +264,21 @@ class JanusPolicy(ImageTokenPolicy):
     def codec(self, model: nn.Module) -> JanusVQCodec:
         return JanusVQCodec(_unwrap(model).model.vqmodel)
 
+    def prepare_for_training(self, model: nn.Module) -> JanusVQCodec:
+        janus = _unwrap(model)
+        codec = JanusVQCodec(janus.model.vqmodel) if janus.model.vqmodel is not None else None
+        if codec is None:
+            raise ValueError("This Janus model has no VQ model attached (was it already prepared for training?).")
+        detach_vq(janus)
+        install_image_forward(janus, self)
+        # Parameters that image generation never uses would leave DDP waiting for their gradients.
+        for module in (janus.model.vision_model, janus.model.aligner):
+            module.requires_grad_(False)
+        return codec
+
+    def codec_attached(self, model: nn.Module, codec: JanusVQCodec):
+        return vq_attached(model, codec.module)
+
 
 def install_image_forward(model: nn.Module, policy: JanusPolicy) -> None:
     """Let `model(..., image_codes=codes)` return teacher-forced code log-probs; other calls are unchanged.

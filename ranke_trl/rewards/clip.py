@@ -33,7 +33,8 @@ def prompt_text(prompt: str | Sequence[dict[str, Any]]) -> str:
         return prompt
     user_messages = [message for message in prompt if message.get("role") == "user"]
     if not user_messages:
-        raise ValueError(f"A chat prompt needs a message with role 'user'; got roles {[m.get('role') for m in prompt]}.")
+        roles = [message.get("role") for message in prompt]
+        raise ValueError(f"A chat prompt needs a message with role 'user'; got roles {roles}.")
     content = user_messages[-1]["content"]
     if isinstance(content, str):
         return content
@@ -141,7 +142,8 @@ class OpenClipReward:
         image_features = self.encode_images(images)
         with torch.no_grad():  # the text side never needs gradients
             text_features = self.encode_text(prompts)
-        return (image_features * text_features).sum(dim=-1).float()
+        # In float32: bf16 would round the cosine to ~0.002, coarse next to Rank-GAN's temperature of 0.1.
+        return (image_features.float() * text_features.float()).sum(dim=-1)
 
     def __call__(self, prompts: Sequence, completions: Sequence[torch.Tensor], **kwargs) -> list[float]:
         """TRL's reward call: one score per completion, each a decoded image `(3, H, W)` in `[0, 1]`.

@@ -99,10 +99,10 @@ class HPSv2Reward(OpenClipReward):
         if version not in HPS_CHECKPOINT_FILES:
             raise ValueError(f"Unknown HPS version {version!r}; expected one of {sorted(HPS_CHECKPOINT_FILES)}.")
         if model is None:
+            if checkpoint is None:  # fetched before building the ViT-H-14, so that being offline fails fast
+                checkpoint = download_hps_checkpoint(version, cache_dir)
             # The checkpoint replaces every weight, so the architecture is built without pretrained ones.
             model = open_clip.create_model(model_name, pretrained=None)
-            if checkpoint is None:
-                checkpoint = download_hps_checkpoint(version, cache_dir)
         if checkpoint is not None:
             model.load_state_dict(load_hps_state_dict(checkpoint, allow_pickle=allow_pickle), strict=True)
         self.version, self.checkpoint = version, checkpoint

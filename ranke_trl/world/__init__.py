@@ -1,0 +1,35 @@
+"""ShapesWorld: a procedural text-to-image world (1-4 coloured shapes on 64 px) and ShapesEval, its exact GenEval.
+
+The whole RankE loop (tokenizer, policy, CLIP reward, GRPO, decoder adaptation, GenEval-style evaluation) runs on it
+at CPU scale. `make_split` gives `datasets` splits; `ShapesEval` and `shapes_eval_reward` score images.
+"""
+
+from .data import make_split, sample_scenes, scene_split
+from .prompts import as_metadata, parse_prompt
+from .scenes import Scene, ShapeSpec, render_scene, sample_scene
+from .shapes_eval import DetectedShape, ShapesEval, make_shapes_eval_reward, shapes_eval_reward, summarize
+from .vocab import BACKGROUND, COLORS, FAMILIES, KINDS, PALETTE, RELATIONS, SIZES
+
+__all__ = [
+    "BACKGROUND",
+    "COLORS",
+    "FAMILIES",
+    "KINDS",
+    "PALETTE",
+    "RELATIONS",
+    "SIZES",
+    "DetectedShape",
+    "Scene",
+    "ShapeSpec",
+    "ShapesEval",
+    "as_metadata",
+    "make_shapes_eval_reward",
+    "make_split",
+    "parse_prompt",
+    "render_scene",
+    "sample_scene",
+    "sample_scenes",
+    "scene_split",
+    "shapes_eval_reward",
+    "summarize",
+]

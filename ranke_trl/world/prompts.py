@@ -92,22 +92,22 @@ _COUNT_OF_WORD = {"a": 1, "an": 1, **{word: n for n, word in NUMBER_WORDS.items(
 _RELATION_OF_PHRASE = {phrase: rel for rel, phrase in RELATIONS.items()} | {rel: rel for rel in RELATIONS}
 
 
-def _phrase_pattern(name: str) -> str:
-    def alternatives(words):
-        # Longest first, so "to the left of" wins over "left of".
-        return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+def _alternatives(words) -> str:
+    # Longest first, so "to the left of" wins over "left of".
+    return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
 
+
+def _phrase_pattern(name: str) -> str:
     return (
-        rf"(?P<{name}_det>{alternatives(_COUNT_OF_WORD)})\s+"
-        rf"(?:(?P<{name}_color>{alternatives(COLORS)})\s+)?"
-        rf"(?P<{name}_kind>{alternatives(KINDS)})(?P<{name}_plural>s?)"
+        rf"(?P<{name}_det>{_alternatives(_COUNT_OF_WORD)})\s+"
+        rf"(?:(?P<{name}_color>{_alternatives(COLORS)})\s+)?"
+        rf"(?P<{name}_kind>{_alternatives(KINDS)})(?P<{name}_plural>s?)"
     )
 
 
 _PROMPT_RE = re.compile(
     rf"^(?:a photo of\s+)?{_phrase_pattern('a')}"
-    rf"(?:\s+(?P<joiner>and|{'|'.join(sorted(map(re.escape, _RELATION_OF_PHRASE), key=len, reverse=True))})\s+"
-    rf"{_phrase_pattern('b')})?$"
+    rf"(?:\s+(?P<joiner>{_alternatives(['and', *_RELATION_OF_PHRASE])})\s+{_phrase_pattern('b')})?$"
 )
 
 

@@ -130,15 +130,15 @@ def shape_mask(shape: ShapeSpec, image_size: int = 64) -> np.ndarray:
     if shape.kind == "triangle":  # apex up, base as wide as the triangle is tall
         depth = dv + half  # 0 at the apex, 2 * half at the base
         return (depth >= 0) & (depth <= 2 * half) & (np.abs(du) <= depth / 2)
-    if shape.kind == "diamond":
-        return np.abs(du) + np.abs(dv) <= half
+    if shape.kind == "rectangle":  # twice as wide as tall
+        return (np.abs(du) <= half) & (np.abs(dv) <= half / 2)
     raise ValueError(f"Unknown shape kind {shape.kind!r}; expected one of {KINDS}.")
 
 
 def render_scene(scene: Scene, image_size: int = 64) -> np.ndarray:
     """Render `scene` as an RGB image (image_size, image_size, 3), uint8 in [0, 255]."""
     if image_size < 16:
-        raise ValueError(f"image_size={image_size} is too small to tell shapes apart; use 16 px or more (64 is native).")
+        raise ValueError(f"image_size={image_size} is too small to draw shapes; use 16 px or more (64 is native).")
     image = np.empty((image_size, image_size, 3), dtype=np.uint8)
     image[:] = BACKGROUND
     for shape in scene.shapes:

@@ -26,12 +26,13 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 COLORS: tuple[str, ...] = tuple(PALETTE)
 
-# Axis-aligned shapes whose bounding box is a square of the shape's size. Each kind is told apart by two numbers
-# that survive blur: the fill ratio of its bounding box (square 1, circle pi/4, triangle and diamond 1/2) and how
-# far its centroid sits below the box centre (triangle h/6, the others 0).
-KINDS: tuple[str, ...] = ("circle", "square", "triangle", "diamond")
+# Axis-aligned shapes, told apart by features that survive blur: the bounding box's aspect ratio (rectangle 2:1,
+# the others 1:1), how far the centroid sits below the box centre (triangle, apex up: 1/6 of its height; the others
+# 0), and between circle and square, the box's fill ratio (pi/4 against 1) and diagonal extent. A diamond was tried
+# and dropped: blurred small diamonds and circles are the same blob.
+KINDS: tuple[str, ...] = ("circle", "square", "triangle", "rectangle")
 
-# Side of the bounding box, in canvas units.
+# Width of the bounding box, in canvas units; a rectangle is half as tall as wide, the other kinds as tall.
 SIZES: dict[str, int] = {"small": 14, "large": 20}
 
 # Shapes sit in the cells of a 2x2 grid, jittered, at least GAP canvas units apart and GAP / 2 from the border.
