@@ -26,11 +26,12 @@ setup(
         "pyyaml",
         "tqdm",
         "pillow",
+        "scipy",
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.17"],
         "tensorboard": ["tensorboard"],
-        "dev": ["pytest>=8", "tensorboard", "deepspeed>=0.17", "scipy"],
+        "dev": ["pytest>=8", "tensorboard", "deepspeed>=0.17"],
     },
     entry_points={"console_scripts": ["ranke-trl=ranke_trl.cli:main"]},
 )

@@ -266,7 +266,7 @@ class DecoderPhase:
         if not self._all_ranks_agree_finite(loss):
             return False
         # autograd.grad, not backward(): only these parameters receive gradients, never a reward model or LPIPS.
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        loss.backward(); grads = [p.grad for p in params]
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         self._average_across_ranks(grads)
         for param, grad in zip(params, grads):
