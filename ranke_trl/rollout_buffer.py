@@ -36,7 +36,8 @@ class RolloutBatch:
 
     def to(self, device) -> "RolloutBatch":
         return RolloutBatch(
-            self.codes.to(device), self.prompts, self.rewards.to(device), self.group_ids.to(device), self.weights.to(device)
+            self.codes.to(device), self.prompts, self.rewards.to(device), self.group_ids.to(device),
+            self.weights.to(device),
         )
 
 
@@ -51,7 +52,7 @@ class RolloutBuffer:
 
     def __init__(self, policy: str = "clear", max_size: int = 512):
         if policy not in CACHE_POLICIES:
-            raise ValueError(f"Rollout cache policy {policy!r} is not one of {CACHE_POLICIES} (RankEConfig.rollout_cache).")
+            raise ValueError(f"rollout_cache={policy!r} is not one of {CACHE_POLICIES} (RankEConfig.rollout_cache).")
         if max_size < 1:
             raise ValueError(f"Rollout cache max_size must be >= 1, got {max_size}.")
         self.policy = policy

@@ -13,10 +13,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 from collections.abc import Callable
 
 import torch
-from accelerate.utils import gather
+from accelerate.utils import gather, gather_object
 from torch import nn
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import GRPOTrainer
@@ -26,9 +27,16 @@ from trl.trainer.utils import disable_dropout_in_model, get_callable_name, is_as
 
 from .config import RankEConfig
 from .corpus import CorpusImages, encode_corpus
+from .decoder import DecoderPhase
 from .diagnostics import CodeHistogram, ShiftDiagnostics
+from .hub import write_model_card
 from .image_logging import log_image_grid
 from .policy import load_policy_model, make_policy
+from .rewards import prompt_text
+from .rollout_buffer import RolloutBuffer
+from .schedule import DecoderPhaseCallback, corpus_batches
+
+STAGE2_STATE = "ranke_stage2.pt"
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +147,19 @@ class RankEGRPOTrainer(GRPOTrainer):
             self._setup_ref_model(ref_model, sync_ref)
 
         self.codec.module.to(self.accelerator.device).eval().requires_grad_(False)
+        self._check_stage2_inputs(args, train_dataset)
+        self.rollout_buffer = self.decoder_phase = None
+        self._decoder_phases = 0
+        if args.train_decoder:
+            self.rollout_buffer = RolloutBuffer(args.rollout_cache, args.rollout_cache_size)
+            self.decoder_phase = DecoderPhase(
+                self.codec,
+                args,
+                reward_fns=[getattr(f, "func", f) for f in self.reward_funcs],
+                reward_weights=self.reward_weights.tolist(),
+                device=self.accelerator.device,
+            )
+            self.add_callback(DecoderPhaseCallback(self))
         logger.info(
             "RankE: %d image tokens per rollout, codebook %d, CFG %.2f, log-probs score the %s distribution.",
             self.policy.num_image_tokens,
@@ -169,6 +190,19 @@ class RankEGRPOTrainer(GRPOTrainer):
             if not callable(func):
                 raise TypeError(f"Reward function {func!r} is not callable.")
         return reward_funcs
+
+    @staticmethod
+    def _check_stage2_inputs(args: RankEConfig, train_dataset) -> None:
+        if not args.train_decoder:
+            return
+        columns = getattr(train_dataset, "column_names", None) or []
+        needs_images = [name for name in ("lambda_rec", "lambda_gan") if getattr(args, name) > 0]
+        if needs_images and args.image_column not in columns:
+            raise ValueError(
+                f"{' and '.join(f'{n}={getattr(args, n)}' for n in needs_images)} need real corpus images, but the "
+                f"training set has no {args.image_column!r} column (columns: {columns}). Add an image column, set "
+                f"`image_column`, or set {' and '.join(f'{n}=0' for n in needs_images)}."
+            )
 
     def _setup_ref_model(self, ref_model: nn.Module, sync_ref: bool) -> None:
         if self.args.disable_dropout:
@@ -238,7 +272,13 @@ class RankEGRPOTrainer(GRPOTrainer):
         for key, value in self.shift_diagnostics(all_codes).items():
             self._metrics[mode][key].append(value)
         keep = min(self.args.num_images_to_log, len(images))
-        self._last_rollouts = (images[:keep].cpu(), [str(p) for p in prompts[:keep]])
+        self._last_rollouts = (images[:keep].cpu(), [prompt_text(p) for p in prompts[:keep]])
+        if mode == "train" and self.rollout_buffer is not None:
+            # Every rank caches the whole (gathered) batch, so groups stay whole and the phase runs in lock-step.
+            totals = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+            all_prompts = gather_object([prompt_text(p) for p in prompts])
+            group_ids = torch.arange(len(all_prompts)) // self.num_generations
+            self.rollout_buffer.add(all_codes.cpu(), all_prompts, group_ids, totals.cpu())
 
     def shift_diagnostics(self, codes: torch.LongTensor) -> dict[str, float]:
         """Latent Covariate Shift diagnostics of a batch of rollout codes (METHOD.md, Appendix C)."""
@@ -305,6 +345,108 @@ class RankEGRPOTrainer(GRPOTrainer):
             if compute_entropy:
                 entropies.append(out.entropy)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    # ------------------------------------------------------------------------------------------------ Stage 2
+    def training_step(self, model, inputs, num_items_in_batch):
+        if self.args.train_policy:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # Decoder-only: rollouts are still drawn, scored and cached, but the policy takes no gradient.
+        self._prepare_inputs(inputs)
+        self._step += 1
+        return torch.zeros((), device=self.accelerator.device)
+
+    def run_decoder_phase(self) -> dict[str, float]:
+        """Stage 2: `T_D` decoder steps on the cached rollouts and corpus images; logs and returns the metrics."""
+        if self.decoder_phase is None or len(self.rollout_buffer) == 0:
+            return {}
+        corpus, held_out = None, None
+        codes = self.corpus_codes() if self.corpus is not None else None
+        if codes is not None:
+            held, train = self._corpus_split(len(codes))
+            generator = torch.Generator().manual_seed(
+                self.args.seed * 7919 + self._decoder_phases * 31 + self.accelerator.process_index
+            )
+            corpus = corpus_batches(self.corpus, codes, self.args.decoder_batch_size, train, generator)
+            held_out = (self.corpus.pixels(held).to(self.accelerator.device), codes[held].to(self.accelerator.device))
+        metrics = self.decoder_phase.run(self.rollout_buffer, corpus)
+        if held_out is not None:
+            metrics["heldout_rec_l1"] = self.decoder_phase.reconstruction_error(*held_out)
+        self.rollout_buffer.end_phase()
+        self._decoder_phases += 1
+        metrics["phases"] = float(self._decoder_phases)
+        for key, value in metrics.items():
+            self._metrics["train"][f"decoder/{key}"].append(value)
+        return metrics
+
+    def _corpus_split(self, size: int) -> tuple[list[int], list[int]]:
+        """A fixed held-out batch (the last corpus rows) for the fidelity proxy; Stage 2 trains on the rest."""
+        held = min(self.args.decoder_batch_size, size // 2)
+        return list(range(size - held, size)), list(range(size - held)) or list(range(size))
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Save the whole co-evolved system: the policy with the VQ re-attached, plus a standalone `decoder/`."""
+        output_dir = output_dir or self.args.output_dir
+        with self.policy.codec_attached(self.model, self.codec):
+            super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            self.codec.module.save_pretrained(os.path.join(output_dir, "decoder"))
+            if self.processor is not None:
+                self.processor.save_pretrained(output_dir)
+            if not _internal_call:
+                self.create_model_card(output_dir=output_dir)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.decoder_phase is None:
+            return
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        if self.args.should_save:
+            teacher = self.decoder_phase.ema_teacher_module()
+            if teacher is not None:
+                teacher.save_pretrained(os.path.join(folder, "ema_decoder"))
+            state = {
+                "decoder_phase": self.decoder_phase.state_dict(),
+                "rollout_buffer": self.rollout_buffer.state_dict(),
+                "decoder_phases": self._decoder_phases,
+            }
+            torch.save(state, os.path.join(folder, STAGE2_STATE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # The checkpoint's weights hold the VQ model too (saved attached); load them with it attached.
+        with self.policy.codec_attached(self.model, self.codec):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.decoder_phase is None:
+            return
+        path = os.path.join(checkpoint, STAGE2_STATE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{checkpoint} has no {STAGE2_STATE}: it was not written by a RankE run with train_decoder=True, so "
+                "the decoder phase cannot resume from it."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.decoder_phase.load_state_dict(state["decoder_phase"])
+        self.rollout_buffer.load_state_dict(state["rollout_buffer"])
+        self._decoder_phases = state["decoder_phases"]
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # transformers copies only top-level weight and config files; the decoder and the card must travel too.
+        if self.args.should_save:
+            for sub in ("decoder",):
+                src = os.path.join(checkpoint_folder, sub)
+                if os.path.isdir(src):
+                    shutil.copytree(src, os.path.join(self.args.output_dir, sub), dirs_exist_ok=True)
+            self.create_model_card(output_dir=self.args.output_dir)
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir=None, **kwargs):
+        """Write `README.md`: RankE, the base model, the rewards, the steps, the final metrics, how to load."""
+        if not self.is_world_process_zero():
+            return
+        write_model_card(self, output_dir or self.args.output_dir, dataset_name=dataset_name)
 
     # ------------------------------------------------------------------------------------------------ logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -101,7 +101,8 @@ def test_state_dict_round_trip_restores_contents_and_group_counter():
         assert torch.equal(getattr(restored, name), getattr(buffer, name))
     assert restored.prompts == buffer.prompts
     draw = lambda b: b.minibatches(2, 3, temperature=0.5, generator=torch.Generator().manual_seed(0))  # noqa: E731
-    assert all(torch.equal(x.codes, y.codes) and torch.equal(x.weights, y.weights) for x, y in zip(draw(buffer), draw(restored)))
+    for x, y in zip(draw(buffer), draw(restored)):
+        assert torch.equal(x.codes, y.codes) and torch.equal(x.weights, y.weights)
     _add_groups(restored, num_groups=1)
     assert restored.group_ids[-1].item() == 2  # new groups continue the counter
 

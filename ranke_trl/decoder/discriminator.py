@@ -29,7 +29,7 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 3, channels: int = 64, num_layers: int = 3):
         super().__init__()
         if channels < 1 or num_layers < 1:
-            raise ValueError(f"PatchDiscriminator needs channels >= 1 and num_layers >= 1, got {channels}, {num_layers}.")
+            raise ValueError(f"PatchDiscriminator needs channels, num_layers >= 1; got {channels}, {num_layers}.")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         width = channels
         for i in range(1, num_layers):

@@ -83,7 +83,9 @@ def reward_backprop_loss(
     return -total
 
 
-def rank_gan_generator_loss(fake_logits: torch.Tensor, weights: torch.Tensor, kind: str = "non_saturating") -> torch.Tensor:
+def rank_gan_generator_loss(
+    fake_logits: torch.Tensor, weights: torch.Tensor, kind: str = "non_saturating"
+) -> torch.Tensor:
     """Rank-GAN generator loss, Eq. 6: `L_RankGAN = − 1/G Σ_i w_i log σ(Dis(D_φ(z_i)))`.
 
     Args:
@@ -104,7 +106,9 @@ def rank_gan_generator_loss(fake_logits: torch.Tensor, weights: torch.Tensor, ki
     return (weights.detach().to(per_sample) * per_sample).mean()
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "non_saturating") -> torch.Tensor:
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "non_saturating"
+) -> torch.Tensor:
     """Discriminator loss under Eq. 6: `L_Dis = E[softplus(−Dis(x_real))] + E[softplus(Dis(sg(D_φ(z))))]`.
 
     Args:

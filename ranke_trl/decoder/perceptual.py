@@ -42,7 +42,7 @@ def _load_backbone(model: nn.Module, net: str, path: str) -> None:
 
 
 def build_lpips(net: str = "vgg", weights_path: str | None = None, random_backbone: bool = False) -> nn.Module:
-    """A frozen `lpips.LPIPS` in eval mode: `lpips(x, y)` takes two (B, 3, H, W) batches in [-1, 1], returns (B, 1, 1, 1).
+    """A frozen `lpips.LPIPS` in eval mode: `lpips(x, y)` maps two (B, 3, H, W) batches in [-1, 1] to (B, 1, 1, 1).
 
     Args:
         net: 'vgg' or 'alex' (`RankEConfig.lpips_net`).

@@ -56,7 +56,8 @@ class EMATeacher:
     def __init__(self, codec: VQCodec, params: Sequence[nn.Parameter], decay: float, train_codebook: bool,
                  device=None, dtype=None):
         ref = params[0]
-        device = torch.device(device) if device is not None else ref.device
+        # Resolve e.g. "cuda" to "cuda:0", so it compares equal to the student's device.
+        device = torch.empty(0, device=device).device if device is not None else ref.device
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or ref.dtype)
         trainable = {id(p) for p in params}
         same_place = device == ref.device and dtype == ref.dtype
@@ -67,7 +68,9 @@ class EMATeacher:
             self.codec.module.to(device=device, dtype=dtype)
         self.codec.module.requires_grad_(False)
         self.params = self.codec.decoder_parameters(train_codebook)
-        self.master = [p.detach().float().clone() for p in self.params] if dtype != torch.float32 else None
+        self.master = None
+        if dtype != torch.float32:  # started from the fp32 student, not from its rounded copy
+            self.master = [p.detach().to(device, torch.float32, copy=True) for p in params]
         self.decay = decay
         self.num_updates = 0
         self.device = device
@@ -139,9 +142,9 @@ class DecoderPhase:
         pairs = [(fn, w) for fn, w in zip(reward_fns, weights) if getattr(fn, "is_differentiable", False)]
         if args.lambda_rbp > 0 and not pairs:
             raise ValueError(
-                f"lambda_rbp={args.lambda_rbp} needs a differentiable reward (an object with `is_differentiable = True` "
-                "and `score(images01, prompts)`), but none was given. Pass one, or set lambda_rbp=0 when the reward "
-                "is a black box (Rank-GAN still uses its scores)."
+                f"lambda_rbp={args.lambda_rbp} needs a differentiable reward (an object with "
+                "`is_differentiable = True` and `score(images01, prompts)`), but none was given. Pass one, or set "
+                "lambda_rbp=0 when the reward is a black box (Rank-GAN still uses its scores)."
             )
         if args.lambda_rbp > 0 and len(pairs) < len(reward_fns):
             logger.warning("L_rbp back-propagates only the differentiable rewards; the others reach the decoder "
@@ -158,7 +161,9 @@ class DecoderPhase:
         self.discriminator = self.discriminator_optimizer = self.discriminator_scheduler = None
         if args.lambda_gan > 0:
             self.discriminator = PatchDiscriminator.from_config(args).to(self.device)
-            self.discriminator_optimizer = self._adamw(self.discriminator.parameters(), args.discriminator_learning_rate)
+            self.discriminator_optimizer = self._adamw(
+                self.discriminator.parameters(), args.discriminator_learning_rate
+            )
             self.discriminator_scheduler = get_constant_schedule(self.discriminator_optimizer)
 
         self.lpips = None
@@ -204,7 +209,9 @@ class DecoderPhase:
         """
         args = self.args
         if (args.lambda_rec > 0 or args.lambda_gan > 0) and real_pixels is None:
-            raise ValueError("lambda_rec > 0 or lambda_gan > 0 needs corpus images: pass real_pixels (B, 3, H, W) in [-1, 1].")
+            raise ValueError(
+                "lambda_rec > 0 or lambda_gan > 0 needs corpus images: pass real_pixels (B, 3, H, W) in [-1, 1]."
+            )
         rollouts = rollouts.to(self.device)
         if real_pixels is not None:
             real_pixels = real_pixels.to(self.device, torch.float32)
@@ -215,7 +222,9 @@ class DecoderPhase:
                 raise ValueError(f"Corpus images are {tuple(real_pixels.shape[1:])} but the decoder renders "
                                  f"{tuple(fake.shape[1:])}; resize the corpus to the codec's image size.")
             loss = self._decoder_loss(fake, rollouts, real_pixels, real_codes, metrics)
-        ok = self._optimise(loss, self.decoder_params, self.decoder_optimizer, self.decoder_scheduler, "decoder", metrics)
+        ok = self._optimise(
+            loss, self.decoder_params, self.decoder_optimizer, self.decoder_scheduler, "decoder", metrics
+        )
         if ok and self.ema_teacher is not None:
             self.ema_teacher.update(self.decoder_params)
         if self.discriminator is not None:
@@ -236,8 +245,11 @@ class DecoderPhase:
             metrics["rank_weight_max"] = w.max().item()
             metrics["rank_weight_ess"] = (w.sum() ** 2 / (w**2).sum()).item()  # per minibatch, in [1, b]
         if args.lambda_rec > 0:
-            codes = self.codec.encode(real_pixels) if real_codes is None else real_codes.to(self.device)
-            recon = self.codec.decode(codes)
+            if real_codes is None:
+                # Full precision: a bf16 nearest-code search could pick other ground-truth codes.
+                with torch.autocast(self.device.type, enabled=False):
+                    real_codes = self.codec.encode(real_pixels)
+            recon = self.codec.decode(real_codes.to(self.device))
             terms["rec"] = reconstruction_loss(recon, real_pixels, self.lpips, args.lambda_lpips)
             metrics["rec_l1"] = F.l1_loss(recon.detach().float(), real_pixels).item()
         if args.lambda_cons > 0:
@@ -266,17 +278,17 @@ class DecoderPhase:
         if not self._all_ranks_agree_finite(loss):
             return False
         # autograd.grad, not backward(): only these parameters receive gradients, never a reward model or LPIPS.
-        loss.backward(); grads = [p.grad for p in params]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
         self._average_across_ranks(grads)
         for param, grad in zip(params, grads):
             param.grad = grad
         max_norm = self.args.decoder_max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
-        metrics[f"grad_norm_{name}"] = norm.item()
         if not torch.isfinite(norm):  # identical on every rank: the gradients were averaged first
             optimizer.zero_grad(set_to_none=True)
             return False
+        metrics[f"grad_norm_{name}"] = norm.item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
@@ -333,18 +345,25 @@ class DecoderPhase:
                 draws the same minibatches and a resumed run draws what the uninterrupted one would have.
 
         Returns:
-            Means over the phase's steps of: `loss` (L_D), `loss_rbp`, `loss_gan`, `loss_rec`, `loss_cons` (each
-            term, unweighted, when its λ > 0), `rec_l1`, `rank_weight_max`, `rank_weight_ess` ((Σw)²/Σw² per
-            minibatch), `disc_loss`, `disc_real_logit`, `disc_fake_logit`, `grad_norm_decoder`, `grad_norm_disc`;
-            `loss_cons` is the student–teacher distance on policy codes. Also `nonfinite_skipped` (a count over the
-            phase), `buffer_size` and `decoder_steps` (the total so far). Averaged over ranks.
+            Means over the phase's steps, averaged over ranks:
+            - `loss`: L_D; `loss_rbp`, `loss_gan`, `loss_rec`, `loss_cons`: each unweighted term, present when its
+              λ > 0. `loss_cons` is the student–teacher distance on policy codes.
+            - `rec_l1` (λ_rec > 0): the L1 part of L_rec on the corpus batch.
+            - `rank_weight_max`, `rank_weight_ess` (λ_gan > 0): the largest Rank-GAN weight, and the effective sample
+              size (Σw)²/Σw² of each minibatch, in [1, batch size].
+            - `disc_loss`, `disc_real_logit`, `disc_fake_logit` (λ_gan > 0): L_Dis and the mean patch logits.
+            - `grad_norm_decoder`, `grad_norm_disc`: total gradient norms before clipping.
+            - `nonfinite_skipped`: how many steps of the phase were skipped (a count, not a mean).
+            - `buffer_size`: cached rollouts; `decoder_steps`: decoder steps taken so far, over all phases.
         """
         num_steps = self.args.decoder_steps_per_phase if num_steps is None else num_steps
         if generator is None:
             generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.num_steps)
         rank = dist.get_rank() if _world_size() > 1 else 0
-        batches = buffer.minibatches(self.args.decoder_batch_size, num_steps, temperature=self.args.rank_gan_temperature,
-                                     generator=generator, process_index=rank, num_processes=_world_size())
+        batches = buffer.minibatches(
+            self.args.decoder_batch_size, num_steps, temperature=self.args.rank_gan_temperature,
+            generator=generator, process_index=rank, num_processes=_world_size(),
+        )
         corpus = iter(corpus_batches) if corpus_batches is not None else None
         sums, counts = defaultdict(float), defaultdict(int)
         for rollouts in batches:

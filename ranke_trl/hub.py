@@ -1,0 +1,83 @@
+"""The model card of a RankE run: what was trained, from what, against which rewards, and how to load it."""
+
+from __future__ import annotations
+
+import os
+
+CARD_TEMPLATE = """---
+library_name: transformers
+base_model: {base_model}
+tags:
+{tags}
+---
+
+# {name}
+
+A discrete autoregressive text-to-image model post-trained with **RankE** ([ranke_trl](https://github.com/ranke-trl/ranke_trl)):
+GRPO on the image-token policy, alternating with co-evolution of the VQ decoder on the policy's own rollouts
+(Rank-GAN, reward back-propagation, a reconstruction anchor and EMA consistency).
+
+| | |
+|---|---|
+| base model | `{base_model}` |
+| mode | {mode} |
+| reward(s) | {rewards} |
+| training steps | {steps} (decoder phases: {phases}) |
+| dataset | {dataset} |
+
+## Final metrics
+
+{metrics}
+
+## How to load
+
+The repository holds the whole co-evolved system (policy with the co-evolved VQ model attached) and, in `decoder/`,
+the co-evolved VQ tokenizer on its own.
+
+```python
+from transformers import AutoProcessor, JanusForConditionalGeneration, JanusVQVAE
+
+model = JanusForConditionalGeneration.from_pretrained("{repo}")           # policy + co-evolved decoder
+processor = AutoProcessor.from_pretrained("{repo}")
+decoder = JanusVQVAE.from_pretrained("{repo}", subfolder="decoder")      # the decoder alone
+```
+
+Generate with `ranke_trl.policy.JanusPolicy(processor, model).sample(...)`, or with
+`model.generate(..., generation_mode="image")`.
+"""
+
+
+def _mode(args) -> str:
+    if args.train_policy and args.train_decoder:
+        return "RankE (GRPO + decoder co-evolution)"
+    return "Std. RL (GRPO, frozen decoder)" if args.train_policy else "Decoder-only"
+
+
+def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) -> str:
+    """Write `output_dir/README.md` for `trainer`'s run and return its path."""
+    args = trainer.args
+    base_model = getattr(trainer.model.config, "_name_or_path", "") or "unknown"
+    last = {}
+    for entry in trainer.state.log_history:
+        last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+    keys = sorted(k for k in last if k.startswith(("reward", "shift/", "decoder/")))
+    metrics = "\n".join(f"- `{k}`: {last[k]:.4g}" for k in keys) or "- (no metrics logged yet)"
+    rewards = ", ".join(f"`{n}` (weight {w:g})" for n, w in zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
+    tags = ["ranke", "trl", "grpo", "text-to-image", "janus"]
+    card = CARD_TEMPLATE.format(
+        name=os.path.basename(os.path.abspath(output_dir)),
+        base_model=base_model,
+        tags="\n".join(f"- {t}" for t in tags),
+        mode=_mode(args),
+        rewards=rewards,
+        steps=trainer.state.global_step,
+        phases=getattr(trainer, "_decoder_phases", 0),
+        dataset=dataset_name or "see training arguments",
+        metrics=metrics,
+        repo=args.hub_model_id or output_dir,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "README.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(card)
+    return path
