@@ -154,3 +154,50 @@ def build_rewards(script_args: RecipeArguments) -> list:
         "hpsv2": {"version": script_args.hps_version, "checkpoint": script_args.hps_checkpoint},
     }
     return [load_reward(name, **common, **per_reward.get(name, {})) for name in script_args.reward_funcs]
+
+
+# ------------------------------------------------------------------------ recipes of other dataclasses (evaluation)
+
+
+def _check_key_among(key: str, valid: list[str], source: str) -> None:
+    if key not in valid:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise RecipeError(f"Unknown recipe key '{key}' in {source}.{hint}")
+
+
+def parse_dataclass_recipe(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """`parse_recipe` for any dataclasses (e.g. `EvalArguments`): `--recipe FILE` plus `--key value` overrides.
+
+    Every key of the file and of the command line is checked against the dataclasses' fields before anything
+    loads: an unknown key raises `RecipeError` naming it and the closest valid key. Errors the dataclasses raise
+    while validating (`__post_init__`) become `RecipeError`s naming the recipe. Returns one instance per type.
+    """
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    valid = [f.name for cls in dataclass_types for f in fields(cls) if f.init]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    known, overrides = pre.parse_known_args(argv)
+    recipe = {}
+    if known.recipe:
+        if not os.path.isfile(known.recipe):
+            raise RecipeError(f"Recipe file not found: {known.recipe}")
+        with open(known.recipe, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f) or {}
+        if not isinstance(recipe, dict):
+            raise RecipeError(f"{known.recipe} must be a YAML mapping of settings, got {type(recipe).__name__}.")
+        for key in recipe:
+            _check_key_among(str(key), valid, known.recipe)
+    for token in overrides:
+        if token.startswith("--") and token != "--help":
+            _check_key_among(token[2:].split("=", 1)[0], valid, "the command line")
+    recipe_argv = [token for key, value in recipe.items() for token in _to_argv(key, value)]
+    parser = _RaisingParser(tuple(dataclass_types))
+    try:
+        return tuple(parser.parse_args_into_dataclasses(recipe_argv + overrides))
+    except RecipeError:
+        raise
+    except (ValueError, TypeError, FileNotFoundError) as err:  # the dataclasses' own validation
+        raise RecipeError(f"Invalid settings in {known.recipe or 'the command line'}: {err}") from err

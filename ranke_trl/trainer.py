@@ -351,6 +351,7 @@ class RankEGRPOTrainer(GRPOTrainer):
         if self.args.train_policy:
             return super().training_step(model, inputs, num_items_in_batch)
         # Decoder-only: rollouts are still drawn, scored and cached, but the policy takes no gradient.
+        model.train()
         self._prepare_inputs(inputs)
         self._step += 1
         return torch.zeros((), device=self.accelerator.device)

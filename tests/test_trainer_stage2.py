@@ -1,0 +1,199 @@
+"""RankEGRPOTrainer with the decoder phase: modes, checkpoints and resume, the saved system, the Hub push."""
+
+import os
+from unittest import mock
+
+import pytest
+import torch
+from datasets import Dataset
+from datasets import Image as ImageFeature
+from PIL import Image
+
+from ranke_trl import RankEConfig, RankEGRPOTrainer
+from ranke_trl.rewards import CLIPReward
+
+
+def _dataset(n=8):
+    colours = ["red", "blue", "green", "yellow"]
+    return Dataset.from_dict(
+        {
+            "prompt": [f"a {colours[i % 4]} square" for i in range(n)],
+            "image": [Image.new("RGB", (64, 64), colours[i % 4]) for i in range(n)],
+        }
+    ).cast_column("image", ImageFeature())
+
+
+def _args(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path),
+        bf16=False,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        decoder_learning_rate=1e-3,
+        discriminator_learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        decoder_batch_size=4,
+        lambda_lpips=0.0,  # LPIPS needs ImageNet weights, unavailable offline
+        log_images_steps=0,
+        seed=0,
+        data_seed=0,
+        lr_scheduler_type="constant",  # so a run stopped early follows the same schedule as a full one
+    )
+    defaults.update(overrides)
+    return RankEConfig(**defaults)
+
+
+def _trainer(tmp_path, model, processor, reward=None, dataset=None, **overrides):
+    return RankEGRPOTrainer(
+        model=model,
+        reward_funcs=[reward or CLIPReward.tiny()],
+        args=_args(tmp_path, **overrides),
+        train_dataset=dataset if dataset is not None else _dataset(),
+        processing_class=processor,
+    )
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module, prefix=""):
+    after = module.state_dict()
+    return [k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])]
+
+
+def test_ranke_trains_both_policy_and_decoder(tmp_path, tiny_janus, tiny_processor):
+    policy_before = _snapshot(tiny_janus.model.generation_head)
+    vq_before = _snapshot(tiny_janus.model.vqmodel)
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
+    trainer.train()
+    assert _changed(policy_before, tiny_janus.model.generation_head)
+    vq = trainer.codec.module
+    assert _changed(vq_before, vq, "decoder.") and _changed(vq_before, vq, "post_quant_conv.")
+    assert not _changed(vq_before, vq, "encoder.") and not _changed(vq_before, vq, "quant_conv.")
+    assert not _changed(vq_before, vq, "quantize.")  # codebook frozen by default
+
+
+def test_decoder_only_leaves_policy_bit_identical(tmp_path, tiny_janus, tiny_processor):
+    policy_params = {n: p.detach().clone() for n, p in tiny_janus.named_parameters() if "vqmodel" not in n}
+    vq_before = _snapshot(tiny_janus.model.vqmodel)
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, train_policy=False)
+    trainer.train()
+    assert all(torch.equal(p, dict(tiny_janus.named_parameters())[n]) for n, p in policy_params.items())
+    assert _changed(vq_before, trainer.codec.module, "decoder.")
+
+
+def test_next_rollouts_are_decoded_by_the_updated_decoder(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
+    codes = torch.randint(0, 256, (2, 64))
+    before = trainer.decode_images(codes)
+    trainer.train()
+    assert not torch.allclose(before, trainer.decode_images(codes))
+
+
+def test_decoder_phase_metrics_are_logged(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    expected = {
+        "decoder/loss_rbp", "decoder/loss_gan", "decoder/loss_rec", "decoder/loss_cons",
+        "decoder/disc_real_logit", "decoder/disc_fake_logit", "decoder/rank_weight_max", "decoder/rank_weight_ess",
+        "decoder/heldout_rec_l1", "shift/token_kl_bits", "shift/entropy_bits",
+    }
+    assert expected <= logged
+
+
+@pytest.mark.parametrize("term", ["rbp", "gan", "rec", "cons"])
+def test_zero_weight_ablation_leaves_its_term_uncomputed(tmp_path, tiny_janus, tiny_processor, term):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1, **{f"lambda_{term}": 0.0})
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert f"decoder/loss_{term}" not in logged
+    assert {f"decoder/loss_{t}" for t in {"rbp", "gan", "rec", "cons"} - {term}} <= logged
+
+
+def test_reward_backprop_without_differentiable_reward_fails_at_start(tmp_path, tiny_janus, tiny_processor):
+    def black_box(prompts, completions, **kwargs):
+        return [0.0] * len(completions)
+
+    with pytest.raises(ValueError, match="lambda_rbp"):
+        _trainer(tmp_path, tiny_janus, tiny_processor, reward=black_box)
+
+
+def test_reconstruction_without_image_column_fails_at_start(tmp_path, tiny_janus, tiny_processor):
+    prompts_only = Dataset.from_dict({"prompt": ["a red square"] * 8})
+    with pytest.raises(ValueError, match="image"):
+        _trainer(tmp_path, tiny_janus, tiny_processor, dataset=prompts_only)
+
+
+def test_final_output_loads_as_the_whole_co_evolved_system(tmp_path, tiny_janus, tiny_processor):
+    from transformers import AutoProcessor, JanusForConditionalGeneration, JanusVQVAE
+
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
+    trainer.train()
+    trainer.save_model()
+    trained = trainer.codec.module.state_dict()
+    whole = JanusForConditionalGeneration.from_pretrained(tmp_path)
+    decoder = JanusVQVAE.from_pretrained(tmp_path, subfolder="decoder")
+    assert all(torch.equal(trained[k], v) for k, v in whole.model.vqmodel.state_dict().items())
+    assert all(torch.equal(trained[k], v) for k, v in decoder.state_dict().items())
+    head = tiny_janus.model.generation_head.vision_head.weight
+    assert torch.equal(whole.model.generation_head.vision_head.weight, head)
+    assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "JanusProcessor"
+
+
+def test_model_card_names_method_rewards_steps_and_decoder_loading(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
+    trainer.train()
+    trainer.save_model()
+    card = (tmp_path / "README.md").read_text()
+    for needle in ["RankE", "`clip`", "training steps | 1", 'subfolder="decoder"', "decoder/loss", "rewards/clip/mean"]:
+        assert needle in card
+
+
+def test_push_to_hub_uploads_system_decoder_and_card(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1, hub_model_id="me/tiny-ranke")
+    trainer.train()
+    api = mock.MagicMock()
+    api.create_repo.return_value.repo_id = "me/tiny-ranke"
+    with mock.patch("transformers.trainer.hf_api", return_value=api):  # the Hub boundary
+        trainer.push_to_hub()
+    kwargs = api.upload_folder.call_args.kwargs
+    assert kwargs["repo_id"] == "me/tiny-ranke" and kwargs["folder_path"] == str(tmp_path)
+    assert (tmp_path / "decoder" / "model.safetensors").exists()
+    assert (tmp_path / "README.md").exists() and (tmp_path / "model.safetensors").exists()
+
+
+def test_checkpoint_is_complete(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, save_strategy="steps", save_steps=2)
+    trainer.train()
+    checkpoint = tmp_path / "checkpoint-2"
+    for name in ["model.safetensors", "decoder", "ema_decoder", "ranke_stage2.pt", "optimizer.pt", "rng_state.pth"]:
+        assert (checkpoint / name).exists(), name
+    state = torch.load(checkpoint / "ranke_stage2.pt", weights_only=True)
+    assert {"decoder_phase", "rollout_buffer", "decoder_phases"} <= set(state)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_processor):
+    from ranke_trl.tiny import build_tiny_janus
+
+    straight = _trainer(tmp_path / "a", build_tiny_janus(seed=0), tiny_processor, max_steps=4)
+    straight.train()
+    first = _trainer(
+        tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, max_steps=4, save_strategy="steps", save_steps=2
+    )
+    # Stop after step 2 as a crash would: train to 2 steps with the 4-step schedule, then resume in a fresh trainer.
+    first.args.max_steps = 2
+    first.train()
+    resumed = _trainer(tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, max_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    a, b = straight.codec.module.state_dict(), resumed.codec.module.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+    pa = straight.model.model.generation_head.vision_head.weight
+    pb = resumed.model.model.generation_head.vision_head.weight
+    torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
