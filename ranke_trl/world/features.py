@@ -5,7 +5,7 @@ ShapesWorld anyway. ShapesWorld has its own ground truth, so a classifier traine
 exactly what its prompts talk about. One trained network serves twice:
 
 - `ShapesFIDFeatures`: its penultimate features, the feature space of "ShapesFID" (`evaluation.fid.FIDMetric`).
-- `ShapesPerceptualDistance`: an LPIPS-style distance on its conv activations, the VQGAN's perceptual loss.
+- `perceptual.ShapesPerceptualDistance`: an LPIPS-style distance on its conv activations, the VQGAN's perceptual loss.
 
 The classifier predicts, for each cell of the 2x2 scene grid, "empty" or one of colour x kind (`CELL_CLASSES`).
 """
@@ -116,29 +116,6 @@ class ShapesFIDFeatures(nn.Module):
         return self.net.features(images01.float() * 2 - 1)
 
 
-class ShapesPerceptualDistance(nn.Module):
-    """An LPIPS-style distance on the attribute net's block activations, frozen; LPIPS's VGG is unavailable offline.
-
-    Each block's activations are unit-normalised over channels, as in LPIPS, and the squared differences averaged
-    over positions and summed over channels and blocks (LPIPS's "lin=False" variant: no calibrated linear heads).
-    `forward(x, y)` takes two (B, 3, H, W) batches in [-1, 1] and returns (B,) distances >= 0.
-    """
-
-    def __init__(self, net: ShapesAttributeNet):
-        super().__init__()
-        self.net = net.eval().requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "ShapesPerceptualDistance":
-        return super().train(False)  # always frozen, whatever the enclosing module does
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        distance = x.new_zeros(x.size(0), dtype=torch.float32)
-        for fx, fy in zip(self.net.activations(x), self.net.activations(y)):
-            fx, fy = F.normalize(fx.float(), dim=1), F.normalize(fy.float(), dim=1)
-            distance = distance + (fx - fy).pow(2).sum(dim=1).mean(dim=(1, 2))
-        return distance
-
-
 def augment(pixels: torch.Tensor, generator: torch.Generator, max_sigma: float = 1.5, noise: float = 0.05) -> torch.Tensor:
     """Blur half the batch (one Gaussian sigma in (0, max_sigma] per call) and add Gaussian noise; [-1, 1] in and out.
 
@@ -210,7 +187,6 @@ __all__ = [
     "CELL_CLASSES",
     "ShapesAttributeNet",
     "ShapesFIDFeatures",
-    "ShapesPerceptualDistance",
     "augment",
     "cell_accuracy",
     "cell_targets",

@@ -1,0 +1,337 @@
+"""ShapesWorld's pretrained components, trained from scratch by this file and cached like Hub checkpoints.
+
+`prepare_shapes_world()` trains what the cache lacks, in this order, and saves each with `save_pretrained`-style
+files, so it loads through the same code as a Hub model:
+
+| folder     | what                                                             | loads with                                  |
+|------------|------------------------------------------------------------------|---------------------------------------------|
+| `features` | attribute classifier: ShapesFID features, perceptual loss        | `ShapesAttributeNet.from_pretrained`        |
+| `vq`       | the VQ tokenizer (Janus VQ architecture), trained as a VQGAN     | `JanusVQVAE.from_pretrained`                |
+| `clip`     | a CLIP trained contrastively on (image, caption): `shapes_clip`  | `CLIPReward("local-dir:<cache>/clip")`      |
+| `policy`   | a tiny Janus after image-token SFT on the VQ's codes, VQ inside  | `JanusForConditionalGeneration` / `AutoProcessor.from_pretrained` |
+
+`features/shapes_fid_reference.safetensors` holds ShapesFID statistics of real validation images
+(`FIDMetric.load_reference`). `manifest.json` records the seed, command, versions, sizes, wall times and quality.
+
+The cache lives in `$RANKE_SHAPES_CACHE`, else `~/.cache/ranke_trl/shapes_world`; a `tiny=True` preparation
+(seconds, poor models, for tests) defaults to the same path with the suffix `_tiny`. Recipes name the policy
+`shapes` (`shapes_policy_path`) and the reward `shapes_clip` (`shapes_clip_reward`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import transformers
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.push_to_hf_hub import save_config_for_hf
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import JanusForConditionalGeneration, JanusVQVAE, get_cosine_schedule_with_warmup
+
+from ..evaluation.fid import FIDMetric
+from ..policy.janus import JanusPolicy, JanusVQCodec
+from ..rewards.preprocessing import clip_image_transform
+from ..sft import ImageTokenSFT, ImageTokenSFTConfig
+from ..tiny import build_tiny_janus, build_tiny_janus_processor, tiny_clip_config, tiny_janus_config
+from .data import sample_scenes
+from .features import ShapesAttributeNet, ShapesFIDFeatures, cell_accuracy, render_targets, train_attribute_net
+from .perceptual import ShapesPerceptualDistance, VQGANSettings, train_vqgan
+from .scenes import render_scene
+from .shapes_eval import ShapesEval, summarize
+
+CACHE_ENV = "RANKE_SHAPES_CACHE"
+DEFAULT_CACHE = Path("~/.cache/ranke_trl/shapes_world")
+STAGES = ("features", "vq", "clip", "policy")
+MANIFEST_FORMAT = "ranke_trl.ShapesWorld/1"
+FID_REFERENCE = "shapes_fid_reference.safetensors"
+
+
+@dataclass(frozen=True)
+class ShapesWorldSettings:
+    """Data sizes, model sizes and training steps of one preparation (`FULL` or `TINY`)."""
+
+    num_train_images: int = 4000
+    num_eval_images: int = 256
+    feature_steps: int = 600
+    feature_batch_size: int = 64
+    codebook_size: int = 256
+    vq_base_channels: int = 32
+    vq: VQGANSettings = VQGANSettings()
+    clip_embed_dim: int = 64
+    clip_steps: int = 1000
+    clip_batch_size: int = 128
+    clip_learning_rate: float = 1e-3
+    policy_hidden_size: int = 128
+    policy_num_layers: int = 4
+    sft: ImageTokenSFTConfig = ImageTokenSFTConfig(num_train_steps=600, batch_size=64, learning_rate=1e-3)
+    eval_guidance_scale: float = 3.0
+
+
+FULL = ShapesWorldSettings()
+TINY = ShapesWorldSettings(
+    num_train_images=32,
+    num_eval_images=8,
+    feature_steps=2,
+    feature_batch_size=8,
+    vq=VQGANSettings(steps=2, batch_size=4, gan_start=0.5, reinit_every=1),
+    clip_steps=2,
+    clip_batch_size=8,
+    policy_hidden_size=64,
+    policy_num_layers=2,
+    sft=ImageTokenSFTConfig(num_train_steps=2, batch_size=8, learning_rate=1e-3),
+)
+
+
+def shapes_cache_dir(cache_dir: str | os.PathLike | None = None, tiny: bool = False) -> Path:
+    """The cache folder: `cache_dir`, else `$RANKE_SHAPES_CACHE`, else `~/.cache/ranke_trl/shapes_world` (+ `_tiny`)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    root = Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE)).expanduser()
+    return root.with_name(root.name + "_tiny") if tiny else root
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> dict | None:
+    """The cache's `manifest.json` as a dict, or None if there is none."""
+    path = Path(cache_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_manifest(root: Path, manifest: dict) -> None:
+    tmp = root / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, root / "manifest.json")  # atomic: a reader never sees half a manifest
+
+
+def _render(split: str, num: int, seed: int):
+    """Scenes of `split` and their renders, uint8 (M, 3, 64, 64): the rows `make_split(split, num, seed)` holds."""
+    scenes = sample_scenes(split, num, seed)
+    images = np.stack([render_scene(scene) for scene in scenes]) if scenes else np.zeros((0, 64, 64, 3), np.uint8)
+    return scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def _save_stage(root: Path, name: str, save) -> None:
+    """Run `save(folder)` into a temporary folder, then move it in place, so a crash leaves no half-written stage."""
+    tmp, final = root / f".{name}.tmp", root / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+@torch.no_grad()
+def _decode(codec: JanusVQCodec, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Codes (M, N) -> images (M, 3, 64, 64) float in [0, 1]."""
+    chunks = [codec.decode(codes[i : i + batch_size]).clamp(-1, 1) for i in range(0, len(codes), batch_size)]
+    return (torch.cat(chunks) + 1) / 2
+
+
+@torch.no_grad()
+def _encode(codec: JanusVQCodec, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """uint8 images (M, 3, 64, 64) -> codes (M, N) by the L2-normalised lookup."""
+    return torch.cat([codec.encode(images[i : i + batch_size].float() / 127.5 - 1) for i in range(0, len(images), batch_size)])
+
+
+def _fid(net: ShapesAttributeNet, real01: torch.Tensor, fake01: torch.Tensor) -> float:
+    metric = FIDMetric(feature_extractor=ShapesFIDFeatures(net))
+    metric.update_real(real01)
+    metric.update_fake(fake01)
+    return metric.compute()
+
+
+def _shapes_eval(images01: torch.Tensor, scenes) -> dict:
+    summary = summarize(ShapesEval().evaluate_batch(images01, [scene.metadata for scene in scenes]))
+    return {"accuracy": summary["image_accuracy"], "mean_score": summary["mean_score"], "per_family": summary["per_family"]}
+
+
+# --- the CLIP reward: open_clip trained contrastively on world pairs ------------------------------------------------
+
+
+def shapes_clip_config(embed_dim: int = 64) -> dict:
+    """`tiny_clip_config` at 64 px with a finer, deeper image tower: 8 px patches (an 8x8 grid, so a 14 px shape
+    covers whole patches) and 4 layers, which binding colours to kinds and reading positions need; captions are
+    short, so the text context is 32 tokens."""
+    config = tiny_clip_config(embed_dim=embed_dim, image_size=64, context_length=32)
+    config["vision_cfg"].update(patch_size=8, layers=4)
+    return config
+
+
+def _clip_inputs(model, images01: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> the CLIP's input, by the reward's own differentiable preprocessing."""
+    cfg = open_clip.get_model_preprocess_cfg(model)  # read as `OpenClipReward` reads it, so both see the same input
+    return clip_image_transform(
+        images01,
+        model.visual.image_size,
+        cfg.get("mean", OPENAI_DATASET_MEAN),
+        cfg.get("std", OPENAI_DATASET_STD),
+        cfg.get("resize_mode", "shortest"),
+        cfg.get("interpolation", "bicubic"),
+    )
+
+
+def train_shapes_clip(images, captions, config, steps, batch_size, learning_rate, seed=0, show_progress=True):
+    """Train an `open_clip.CLIP(**config)` on uint8 images (M, 3, H, W) and their M captions.
+
+    The loss is CLIP's symmetric InfoNCE over each batch's *distinct* captions: a world has a few hundred captions,
+    so a batch often holds one caption twice, and plain InfoNCE would push an image away from its own caption.
+    Image to text is a cross-entropy over the distinct captions; text to image spreads each caption's target evenly
+    over its images. Returns the model (eval mode, frozen) and a log of the final loss.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = open_clip.CLIP(**config).train()
+    distinct = sorted(set(captions))
+    position = {caption: i for i, caption in enumerate(distinct)}
+    caption_ids = torch.tensor([position[caption] for caption in captions])
+    tokens = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])(distinct)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1, betas=(0.9, 0.98))
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
+    losses = []
+    for _ in tqdm(range(steps), desc="ShapesWorld CLIP", disable=not show_progress):
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        in_batch, target = caption_ids[index].unique(return_inverse=True)
+        image_features = model.encode_image(_clip_inputs(model, images[index].float() / 255), normalize=True)
+        text_features = model.encode_text(tokens[in_batch], normalize=True)
+        logits = model.logit_scale.exp() * image_features @ text_features.T  # (B, distinct captions in batch)
+        to_text = torch.nn.functional.cross_entropy(logits, target)
+        owners = torch.nn.functional.one_hot(target, len(in_batch)).float().T  # (captions, B)
+        to_image = -(owners / owners.sum(1, keepdim=True) * logits.T.log_softmax(-1)).sum(1).mean()
+        loss = (to_text + to_image) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():  # CLIP's clamp of the temperature at 100
+            model.logit_scale.clamp_(0, np.log(100))
+        losses.append(loss.item())
+    return model.eval().requires_grad_(False), {"final_loss": float(np.mean(losses[-max(1, steps // 20) :]))}
+
+
+@torch.no_grad()
+def clip_retrieval_accuracy(model, images01: torch.Tensor, captions: list[str]) -> float:
+    """Image-to-text top-1 accuracy among the distinct `captions`; chance is 1 / (number of distinct captions)."""
+    distinct = sorted(set(captions))
+    tokens = open_clip.SimpleTokenizer(context_length=model.context_length)(distinct)
+    text = model.encode_text(tokens, normalize=True)
+    image = torch.cat([model.encode_image(_clip_inputs(model, chunk), normalize=True) for chunk in images01.split(128)])
+    predicted = (image @ text.T).argmax(-1)
+    return float(np.mean([distinct[i] == c for i, c in zip(predicted.tolist(), captions)]))
+
+
+def save_open_clip(model, config: dict, folder: Path) -> None:
+    """Save as an open_clip model folder (`open_clip_config.json` + safetensors), loadable as `local-dir:<folder>`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    save_config_for_hf(model, folder / "open_clip_config.json", model_config=config)
+
+
+# --- the stages: each trains one component, saves it, and returns it with its manifest record -----------------------
+
+
+def _train_features(s: ShapesWorldSettings, seed: int, train, evals, root: Path, progress: bool):
+    (train_scenes, train_images), (eval_scenes, eval_images) = train, evals
+    net, losses = train_attribute_net(
+        train_images, render_targets(train_scenes), s.feature_steps, s.feature_batch_size, seed=seed, show_progress=progress
+    )
+    reference = FIDMetric(feature_extractor=ShapesFIDFeatures(net))
+    reference.update_real(eval_images.float() / 255)
+
+    def save(folder: Path):
+        net.save_pretrained(folder)
+        reference.save_reference(folder / FID_REFERENCE)
+
+    _save_stage(root, "features", save)
+    quality = {"train_loss": float(np.mean(losses[-20:])), "cell_accuracy": cell_accuracy(net, eval_images, render_targets(eval_scenes))}
+    return net, {"num_parameters": sum(p.numel() for p in net.parameters()), "quality": quality}
+
+
+def _vq_config(s: ShapesWorldSettings):
+    return tiny_janus_config(codebook_size=s.codebook_size, base_channels=s.vq_base_channels).vq_config
+
+
+def _train_vq(s: ShapesWorldSettings, seed: int, train, evals, root: Path, progress: bool, net: ShapesAttributeNet):
+    (_, train_images), (eval_scenes, eval_images) = train, evals
+    vq, log = train_vqgan(train_images, _vq_config(s), ShapesPerceptualDistance(net), s.vq, seed, progress)
+    _save_stage(root, "vq", vq.save_pretrained)
+    codec = JanusVQCodec(vq)
+    train_codes = _encode(codec, train_images)
+    counts = torch.bincount(train_codes.flatten(), minlength=s.codebook_size).double()
+    probs = counts[counts > 0] / counts.sum()
+    real01, recon01 = eval_images.float() / 255, _decode(codec, _encode(codec, eval_images))
+    quality = {
+        "recon_l1": float((recon01 - real01).abs().mean()),  # in [0, 1] pixel units
+        "codebook_usage": float((counts > 0).double().mean()),  # share of entries used by the training images
+        "codebook_perplexity": float(torch.exp(-(probs * probs.log()).sum())),
+        "recon_shapes_eval": _shapes_eval(recon01, eval_scenes),
+        "recon_shapes_fid": _fid(net, real01, recon01) if len(real01) > 1 else None,
+    }
+    record = {"num_parameters": sum(p.numel() for p in vq.parameters()), "train_log": log, "quality": quality}
+    return vq, record
+
+
+def _train_clip(s: ShapesWorldSettings, seed: int, train, evals, root: Path, progress: bool, vq: JanusVQVAE):
+    (train_scenes, train_images), (eval_scenes, eval_images) = train, evals
+    codec = JanusVQCodec(vq)
+    # The reward scores decoded images, so the CLIP sees VQ reconstructions beside the clean renders.
+    recon = (_decode(codec, _encode(codec, train_images)) * 255).round().to(torch.uint8)
+    images, captions = torch.cat([train_images, recon]), [scene.prompt for scene in train_scenes] * 2
+    config = shapes_clip_config(s.clip_embed_dim)
+    model, log = train_shapes_clip(
+        images, captions, config, s.clip_steps, s.clip_batch_size, s.clip_learning_rate, seed, progress
+    )
+    _save_stage(root, "clip", lambda folder: save_open_clip(model, config, folder))
+    eval_captions = [scene.prompt for scene in eval_scenes]
+    eval_recon = _decode(codec, _encode(codec, eval_images))
+    quality = {
+        "retrieval_top1": clip_retrieval_accuracy(model, eval_images.float() / 255, eval_captions),
+        "retrieval_top1_on_recon": clip_retrieval_accuracy(model, eval_recon, eval_captions),
+        "retrieval_chance": 1.0 / max(1, len(set(eval_captions))),
+    }
+    return model, {"num_parameters": sum(p.numel() for p in model.parameters()), "train_log": log, "quality": quality}
+
+
+def _train_policy(s, seed: int, train, evals, root: Path, progress: bool, net: ShapesAttributeNet, vq: JanusVQVAE):
+    (train_scenes, train_images), (eval_scenes, eval_images) = train, evals
+    codec = JanusVQCodec(vq)
+    model = build_tiny_janus(
+        seed=seed, hidden_size=s.policy_hidden_size, num_layers=s.policy_num_layers, codebook_size=s.codebook_size,
+        base_channels=s.vq_base_channels,
+    )
+    model.model.vqmodel.load_state_dict(vq.state_dict())
+    with torch.no_grad():  # (ours) start the code embeddings at the tokenizer's unit-norm codebook
+        model.model.generation_embeddings.weight.copy_(torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1))
+    processor = build_tiny_janus_processor()
+    policy = JanusPolicy(processor, model)
+    sft = ImageTokenSFT(policy, model, ImageTokenSFTConfig(**{**asdict(s.sft), "seed": seed, "show_progress": progress}))
+    losses = sft.train([scene.prompt for scene in train_scenes], _encode(codec, train_images))
+    eval_prompts = [scene.prompt for scene in eval_scenes]
+    eval_nll = sft.evaluate(eval_prompts, _encode(codec, eval_images))
+    generator = torch.Generator().manual_seed(seed)
+    codes = policy.sample(model, policy.encode_prompts(eval_prompts), guidance_scale=s.eval_guidance_scale, generator=generator)
+    samples01 = _decode(sft.codec, codes)
+
+    def save(folder: Path):
+        with policy.codec_attached(model, sft.codec):
+            model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    _save_stage(root, "policy", save)
+    quality = {
+        "sft_train_loss": float(np.mean(losses[-max(1, len(losses) // 20) :])),  # nats per code, with prompt dropout
+        "sft_eval_loss": eval_nll,  # nats per code on validation codes, no dropout; uniform would be log K
+        "samples_guidance_scale": s.eval_guidance_scale,
+        "samples_shapes_eval": _shapes_eval(samples01, eval_scenes),
+        "samples_shapes_fid": _fid(net, eval_images.float() / 255, samples01) if len(samples01) > 1 else None,
+    }
+    trainable = sum(p.numel() for p in model.parameters())
+    return {"num_parameters": trainable, "quality": quality}
