@@ -26,7 +26,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,14 +67,16 @@ class ShapesWorldSettings:
     feature_batch_size: int = 64
     codebook_size: int = 256
     vq_base_channels: int = 32
-    vq: VQGANSettings = VQGANSettings()
+    vq: VQGANSettings = field(default_factory=VQGANSettings)
     clip_embed_dim: int = 64
     clip_steps: int = 1000
     clip_batch_size: int = 128
     clip_learning_rate: float = 1e-3
     policy_hidden_size: int = 128
     policy_num_layers: int = 4
-    sft: ImageTokenSFTConfig = ImageTokenSFTConfig(num_train_steps=600, batch_size=64, learning_rate=1e-3)
+    sft: ImageTokenSFTConfig = field(
+        default_factory=lambda: ImageTokenSFTConfig(num_train_steps=600, batch_size=64, learning_rate=1e-3)
+    )
     eval_guidance_scale: float = 3.0
 
 
@@ -333,5 +335,153 @@ def _train_policy(s, seed: int, train, evals, root: Path, progress: bool, net: S
         "samples_shapes_eval": _shapes_eval(samples01, eval_scenes),
         "samples_shapes_fid": _fid(net, eval_images.float() / 255, samples01) if len(samples01) > 1 else None,
     }
-    trainable = sum(p.numel() for p in model.parameters())
-    return {"num_parameters": trainable, "quality": quality}
+    return model, {"num_parameters": sum(p.numel() for p in model.parameters()), "quality": quality}
+
+
+# --- preparation, manifest and loading ------------------------------------------------------------------------------
+
+
+def _identity(settings: ShapesWorldSettings, seed: int, tiny: bool) -> dict:
+    """What a cache was prepared with; a cache is reused only for the same identity."""
+    return {"seed": seed, "tiny": tiny, "settings": json.loads(json.dumps(asdict(settings)))}
+
+
+def _complete(root: Path, manifest: dict | None, stage: str) -> bool:
+    return manifest is not None and stage in manifest.get("stages", {}) and (root / stage).is_dir()
+
+
+def prepare_shapes_world(
+    cache_dir: str | os.PathLike | None = None,
+    tiny: bool = False,
+    seed: int = 0,
+    force: bool = False,
+    show_progress: bool = True,
+) -> str:
+    """Train and cache whatever ShapesWorld component is missing; returns the cache folder.
+
+    Stages run in order (features -> vq -> clip -> policy); the first missing one and every later one (which depend
+    on it) are trained, the earlier ones loaded. A complete cache returns at once.
+
+    Args:
+        cache_dir: the cache folder (see `shapes_cache_dir` for the default).
+        tiny: seconds-long training of small models (loadable, not good): for tests and smoke runs.
+        seed: seeds the data, the initialisations and the batch orders.
+        force: retrain everything, replacing the cache.
+
+    Raises:
+        ValueError: if the cache was prepared with another seed, size or settings; pass `force=True` or another
+            `cache_dir`.
+    """
+    root = shapes_cache_dir(cache_dir, tiny)
+    settings = TINY if tiny else FULL
+    identity = _identity(settings, seed, tiny)
+    manifest = None if force else read_manifest(root)
+    if manifest is not None and manifest.get("identity") != identity:
+        raise ValueError(
+            f"The ShapesWorld cache at {root} was prepared with seed={manifest['identity']['seed']}, "
+            f"tiny={manifest['identity']['tiny']} (or other settings) but seed={seed}, tiny={tiny} was asked for. "
+            "Pass force=True to retrain it, or another cache_dir."
+        )
+    todo = [stage for stage in STAGES if not _complete(root, manifest, stage)]
+    if not todo:
+        return str(root)
+    first = STAGES.index(todo[0])
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "identity": identity,
+        "command": " ".join(sys.argv),
+        "call": f"prepare_shapes_world(cache_dir={str(root)!r}, tiny={tiny}, seed={seed}, force={force})",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "open_clip": open_clip.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "sizes": {"num_train_images": settings.num_train_images, "num_eval_images": settings.num_eval_images},
+        "stages": {stage: record for stage, record in (manifest or {}).get("stages", {}).items() if stage in STAGES[:first]},
+    }
+    train = _render("train", settings.num_train_images, seed)
+    evals = _render("validation", settings.num_eval_images, seed)
+    args = (settings, seed, train, evals, root, show_progress)
+
+    def run(stage: str, trainer, *extra):
+        start = time.perf_counter()
+        component, record = trainer(*args, *extra)
+        manifest["stages"][stage] = {**record, "wall_s": round(time.perf_counter() - start, 1)}
+        _write_manifest(root, manifest)  # after each stage, so an interrupted run keeps what is done
+        return component
+
+    net = run("features", _train_features) if first <= 0 else ShapesAttributeNet.from_pretrained(root / "features")
+    vq = run("vq", _train_vq, net) if first <= 1 else JanusVQVAE.from_pretrained(root / "vq")
+    if first <= 2:
+        run("clip", _train_clip, vq)
+    run("policy", _train_policy, net, vq)
+    manifest["total_wall_s"] = round(sum(record["wall_s"] for record in manifest["stages"].values()), 1)
+    _write_manifest(root, manifest)
+    return str(root)
+
+
+def _component(cache_dir, name: str, prepare: bool) -> Path:
+    """The folder of one component, preparing the cache (with its recorded seed and size) when it is missing."""
+    root = shapes_cache_dir(cache_dir)
+    manifest = read_manifest(root)
+    if not _complete(root, manifest, name):
+        if not prepare:
+            raise FileNotFoundError(
+                f"No ShapesWorld {name!r} in {root}. Run `python examples/prepare_shapes_world.py` (or "
+                "`prepare_shapes_world()`), or pass prepare=True."
+            )
+        identity = (manifest or {}).get("identity", {})
+        prepare_shapes_world(root, tiny=identity.get("tiny", False), seed=identity.get("seed", 0))
+    return root / name
+
+
+def shapes_policy_path(cache_dir: str | os.PathLike | None = None, prepare: bool = True) -> str:
+    """The folder of the SFT'd tiny Janus (VQ attached) and its processor, for `from_pretrained`: `model_name_or_path: shapes`."""
+    return str(_component(cache_dir, "policy", prepare))
+
+
+def shapes_clip_reward(cache_dir: str | os.PathLike | None = None, prepare: bool = True, **kwargs):
+    """The `shapes_clip` reward: a `CLIPReward` on the ShapesWorld CLIP, loaded as an open_clip `local-dir:` model.
+
+    `kwargs` (device, dtype, batch_size) go to `CLIPReward`. Scores are cosine similarities in [-1, 1].
+    """
+    # Imported here: `ranke_trl.rewards` registers this function, so a module-level import would be circular.
+    from ..rewards.clip import CLIPReward
+
+    reward = CLIPReward(f"local-dir:{_component(cache_dir, 'clip', prepare)}", pretrained=None, **kwargs)
+    reward.__name__ = "shapes_clip"  # TRL logs it as rewards/shapes_clip/...
+    return reward
+
+
+def load_shapes_vq(cache_dir: str | os.PathLike | None = None, prepare: bool = True) -> JanusVQVAE:
+    """The ShapesWorld VQ tokenizer, a `JanusVQVAE` in eval mode; wrap it in `JanusVQCodec` for codes <-> pixels."""
+    return JanusVQVAE.from_pretrained(_component(cache_dir, "vq", prepare)).eval()
+
+
+def load_shapes_fid(cache_dir: str | os.PathLike | None = None, prepare: bool = True) -> FIDMetric:
+    """A ShapesFID `FIDMetric`, its real statistics (validation images) loaded: call `update_fake` then `compute`."""
+    folder = _component(cache_dir, "features", prepare)
+    metric = FIDMetric(feature_extractor=ShapesFIDFeatures(ShapesAttributeNet.from_pretrained(folder)))
+    metric.load_reference(folder / FID_REFERENCE)
+    return metric
+
+
+__all__ = [
+    "CACHE_ENV",
+    "FULL",
+    "TINY",
+    "ShapesWorldSettings",
+    "clip_retrieval_accuracy",
+    "load_shapes_fid",
+    "load_shapes_vq",
+    "prepare_shapes_world",
+    "read_manifest",
+    "shapes_cache_dir",
+    "shapes_clip_config",
+    "shapes_clip_reward",
+    "shapes_policy_path",
+    "train_shapes_clip",
+]

@@ -1,0 +1,84 @@
+"""Recipes: YAML + command-line overrides, checked before anything loads."""
+
+import glob
+import os
+
+import pytest
+
+from ranke_trl.recipes import RecipeError, parse_recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_RECIPES = sorted(
+    p for p in glob.glob(os.path.join(REPO, "recipes", "*.yaml")) if not os.path.basename(p).startswith("eval")
+)
+
+
+@pytest.mark.parametrize("path", TRAIN_RECIPES, ids=os.path.basename)
+def test_every_shipped_training_recipe_parses(path):
+    script_args, config = parse_recipe(["--recipe", path, "--bf16", "false"])  # bf16 needs a GPU here
+    assert script_args.reward_funcs and config.num_generations >= 2
+
+
+def test_janus_clip_recipe_has_the_papers_stage1_settings():
+    script_args, config = parse_recipe(["--recipe", os.path.join(REPO, "recipes/janus_clip.yaml"), "--bf16=false"])
+    assert script_args.model_name_or_path == "deepseek-community/Janus-Pro-1B"
+    assert script_args.reward_funcs == ["clip"] and script_args.clip_model_name == "ViT-L-14"
+    assert (config.num_generations, config.temperature, config.top_p) == (8, 1.0, 0.9)
+    assert (config.epsilon, config.beta, config.loss_type, config.sync_ref_model) == (0.2, 0.05, "grpo", True)
+    assert config.weight_decay == 0.01 and config.train_policy and config.train_decoder
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+    with pytest.raises(RecipeError, match="Unknown recipe key 'lerning_rate'.*Did you mean 'learning_rate'"):
+        parse_recipe(["--recipe", _write(tmp_path, "lerning_rate: 1.0e-6\n")])
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(RecipeError, match="learning_rate"):
+        parse_recipe(["--recipe", _write(tmp_path, "learning_rate: fast\n")])
+
+
+def test_unknown_command_line_key_is_named(tmp_path):
+    with pytest.raises(RecipeError, match="Unknown recipe key 'guidance'"):
+        parse_recipe(["--recipe", _write(tmp_path, "bf16: false\n"), "--guidance", "3"])
+
+
+def test_invalid_value_fails_with_the_reason(tmp_path):
+    with pytest.raises(RecipeError, match="guidance_scale must be >= 1"):
+        parse_recipe(["--recipe", _write(tmp_path, "bf16: false\nguidance_scale: 0.5\n")])
+
+
+def test_command_line_overrides_win(tmp_path):
+    recipe = _write(tmp_path, "bf16: false\nlearning_rate: 1.0e-6\nreward_funcs: [clip]\n")
+    script_args, config = parse_recipe(
+        ["--recipe", recipe, "--learning_rate", "3e-5", "--reward_funcs", "tiny_clip", "hps", "--guidance_scale=2"]
+    )
+    assert config.learning_rate == 3e-5 and config.guidance_scale == 2.0
+    assert script_args.reward_funcs == ["tiny_clip", "hps"]
+
+
+def test_uniform_gan_from_recipe(tmp_path):
+    _, config = parse_recipe(["--recipe", _write(tmp_path, "bf16: false\nrank_gan_temperature: inf\n")])
+    assert config.rank_gan_temperature == float("inf")
+
+
+def test_missing_recipe_file_is_reported(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        parse_recipe(["--recipe", str(tmp_path / "nope.yaml")])
+
+
+def test_recipe_errors_come_before_any_model_loads(tmp_path, monkeypatch):
+    import examples_loader
+
+    loaded = []
+    monkeypatch.setattr("ranke_trl.recipes.build_policy", lambda *a, **k: loaded.append(1))
+    main = examples_loader.load("train_janus").main
+    with pytest.raises(RecipeError):
+        main(["--recipe", _write(tmp_path, "bf16: false\nnum_generation: 4\n")])
+    assert not loaded
