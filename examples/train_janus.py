@@ -2,13 +2,14 @@
 
     accelerate launch examples/train_janus.py --recipe recipes/janus_clip.yaml
     accelerate launch examples/train_janus.py --recipe recipes/tiny_janus_clip.yaml --max_steps 4
+    accelerate launch --config_file recipes/accelerate/zero2.yaml examples/train_janus.py --recipe recipes/janus_clip.yaml
 
 Any recipe key can be overridden on the command line (`--key value`); unknown keys fail before anything loads.
 """
 
 from ranke_trl import RankEGRPOTrainer
 from ranke_trl.data import load_prompt_dataset
-from ranke_trl.recipes import build_policy, build_rewards, parse_recipe
+from ranke_trl.recipes import build_peft_config, build_policy, build_rewards, parse_recipe
 
 
 def main(argv=None):
@@ -28,10 +29,14 @@ def main(argv=None):
         args=config,
         train_dataset=dataset,
         processing_class=processor,
+        peft_config=build_peft_config(script_args),
     )
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     trainer.print_summary()
+    # Every rank leaves together: one rank exiting while another still saves can abort the launcher.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -143,6 +143,13 @@ class RankEConfig(GRPOConfig):
         default=1.0, metadata={"help": "Gradient-norm clip of decoder and discriminator; None disables (ours: 1.0)."}
     )
     decoder_bf16: bool = field(default=False, metadata={"help": "Run Stage 2 forward passes under bf16 autocast."})
+    decoder_gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the VQ decoder's up-path blocks in Stage 2's backward pass instead of storing their "
+            "activations: less memory for one more decoder forward per step (ours: off)."
+        },
+    )
     ema_decay: float = field(default=0.999, metadata={"help": "EMA teacher decay mu (paper: 0.999)."})
     ema_device: str | None = field(
         default=None, metadata={"help": "Device of the EMA teacher, e.g. 'cpu' to save accelerator memory."}

@@ -59,6 +59,22 @@ class RecipeArguments:
     reward_dtype: str | None = field(
         default=None, metadata={"help": "dtype of the reward models, e.g. 'bfloat16'; None keeps float32."}
     )
+    # LoRA on the policy, with TRL's `ModelConfig` names. The decoder always trains in full.
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train a LoRA adapter on the policy instead of all its weights; the reference policy is "
+                  "then the base model with the adapter disabled (no EMA reference)."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (ours: 16)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha; the update is scaled by alpha / r (ours: 32)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input (ours: 0.05)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names to adapt, within the image-generation path only (e.g. q_proj v_proj). None: every "
+            "attention and MLP projection of the language model, plus the generation aligner and head (ours)."
+        },
+    )
 
 
 class _RaisingParser(HfArgumentParser):
@@ -141,6 +157,26 @@ def build_policy(script_args: RecipeArguments, config: RankEConfig):
 
         return build_tiny_janus(seed=config.seed), build_tiny_janus_processor()
     return script_args.model_name_or_path, None
+
+
+def build_peft_config(script_args: RecipeArguments):
+    """The recipe's `peft.LoraConfig`, or None without `use_peft`.
+
+    `target_modules` stays None or a list of names; the trainer confines it to the policy's generation path.
+    """
+    if not script_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    if script_args.lora_r < 1:
+        raise RecipeError(f"lora_r must be >= 1, got {script_args.lora_r}.")
+    return LoraConfig(
+        r=script_args.lora_r,
+        lora_alpha=script_args.lora_alpha,
+        lora_dropout=script_args.lora_dropout,
+        target_modules=script_args.lora_target_modules,
+        bias="none",
+    )
 
 
 def build_rewards(script_args: RecipeArguments) -> list:

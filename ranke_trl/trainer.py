@@ -10,6 +10,7 @@ Everything else (advantages, the clipped loss, KL, logging, the EMA reference ca
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -17,7 +18,7 @@ import shutil
 from collections.abc import Callable
 
 import torch
-from accelerate.utils import gather, gather_object
+from accelerate.utils import gather, gather_object, is_peft_model
 from torch import nn
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import GRPOTrainer
@@ -29,6 +30,7 @@ from .config import RankEConfig
 from .corpus import CorpusImages, encode_corpus
 from .decoder import DecoderPhase
 from .diagnostics import CodeHistogram, ShiftDiagnostics
+from .distributed import is_zero3_partitioned, unpartitioned_copy, with_submodule_weights
 from .hub import write_model_card
 from .image_logging import log_image_grid
 from .policy import load_policy_model, make_policy
@@ -116,13 +118,28 @@ class RankEGRPOTrainer(GRPOTrainer):
         # policy's optimizer nor its DeepSpeed engine ever owns the decoder (NOTES.md).
         self.policy = make_policy(model, tokenizer, prompt_template=args.prompt_template)
         self.codec = self.policy.prepare_for_training(model)
+        if is_zero3_partitioned(self.codec.module):
+            # `from_pretrained` under ZeRO-3 partitioned the VQ with the policy; it trains outside the engine.
+            self.codec.module = unpartitioned_copy(self.codec.module)
         args.max_completion_length = self.policy.num_image_tokens
+        use_peft = peft_config is not None or is_peft_model(model)
+        if peft_config is not None:
+            peft_config = self._resolve_lora_targets(peft_config)
+        if use_peft and args.sync_ref_model and args.beta != 0.0:
+            # TRL raises NotImplementedError here: with an adapter there is no reference model to keep an EMA of.
+            logger.warning(
+                "sync_ref_model=True (the paper's EMA reference) is not available with LoRA: the reference policy is "
+                "the base model with the adapter disabled, as in TRL. Continuing with sync_ref_model=False; set it "
+                "in the recipe to silence this warning, or train without LoRA for the EMA reference."
+            )
+            args.sync_ref_model = False
 
         # TRL would rebuild the reference from `config._name_or_path`, which fails for in-memory models and would
         # carry the VQ model; build it here from the policy instead (same parameters, so SyncRefModel's EMA works).
+        # With LoRA there is none: TRL scores the reference by disabling the adapter.
         beta, sync_ref = args.beta, args.sync_ref_model
-        needs_ref = beta != 0.0 and peft_config is None and not hasattr(model, "peft_config")
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref else None
+        needs_ref = beta != 0.0 and not use_peft
+        ref_model = unpartitioned_copy(model).eval().requires_grad_(False) if needs_ref else None
         args.beta, args.sync_ref_model = (0.0, False) if needs_ref else (beta, sync_ref)
         try:
             super().__init__(
@@ -203,6 +220,20 @@ class RankEGRPOTrainer(GRPOTrainer):
                 f"training set has no {args.image_column!r} column (columns: {columns}). Add an image column, set "
                 f"`image_column`, or set {' and '.join(f'{n}=0' for n in needs_images)}."
             )
+
+    def _resolve_lora_targets(self, peft_config):
+        """A `LoraConfig` whose `target_modules` is None or a list is confined to the policy's generation path.
+
+        None means the adapter's default modules (for Janus: the language model's attention and MLP projections,
+        the generation aligner and the generation head). A list names modules within that path. A regex string is
+        the user's full control and is kept as it is.
+        """
+        targets = getattr(peft_config, "target_modules", None)
+        if isinstance(targets, str) or not hasattr(self.policy, "lora_target_modules"):
+            return peft_config
+        peft_config = copy.deepcopy(peft_config)
+        peft_config.target_modules = self.policy.lora_target_modules(sorted(targets) if targets else None)
+        return peft_config
 
     def _setup_ref_model(self, ref_model: nn.Module, sync_ref: bool) -> None:
         if self.args.disable_dropout:
@@ -385,10 +416,20 @@ class RankEGRPOTrainer(GRPOTrainer):
         return list(range(size - held, size)), list(range(size - held)) or list(range(size))
 
     # ------------------------------------------------------------------------------------------------ saving
+    @property
+    def _is_zero3(self) -> bool:
+        return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save the whole co-evolved system: the policy with the VQ re-attached, plus a standalone `decoder/`."""
+        """Save the whole co-evolved system: the policy with the VQ re-attached, plus a standalone `decoder/`.
+
+        With LoRA the policy part is the adapter alone (PEFT's `save_pretrained`); the decoder is always whole.
+        """
         output_dir = output_dir or self.args.output_dir
-        with self.policy.codec_attached(self.model, self.codec):
+        # ZeRO-3 gathers the engine's own parameters one module at a time and cannot gather the VQ, which lives
+        # outside the engine; `_save` adds its weights to the gathered state dict instead.
+        attached = contextlib.nullcontext() if self._is_zero3 else self.policy.codec_attached(self.model, self.codec)
+        with attached:
             super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             self.codec.module.save_pretrained(os.path.join(output_dir, "decoder"))
@@ -396,6 +437,12 @@ class RankEGRPOTrainer(GRPOTrainer):
                 self.processor.save_pretrained(output_dir)
             if not _internal_call:
                 self.create_model_card(output_dir=output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        if not state_dict:  # one process: `save_pretrained` reads the model with the VQ attached by `save_model`
+            return super()._save(output_dir, state_dict)
+        with self.policy.codec_attached(self.model, self.codec):
+            return super()._save(output_dir, with_submodule_weights(state_dict, self.model, self.codec.module))
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -428,10 +475,27 @@ class RankEGRPOTrainer(GRPOTrainer):
                 f"{checkpoint} has no {STAGE2_STATE}: it was not written by a RankE run with train_decoder=True, so "
                 "the decoder phase cannot resume from it."
             )
+        self._load_decoder_weights(checkpoint)
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.decoder_phase.load_state_dict(state["decoder_phase"])
         self.rollout_buffer.load_state_dict(state["rollout_buffer"])
         self._decoder_phases = state["decoder_phases"]
+
+    def _load_decoder_weights(self, checkpoint: str) -> None:
+        """Restore the co-evolved VQ from the checkpoint's `decoder/`, in place (the optimisers hold its parameters).
+
+        One process restores it with the policy's weights too; DeepSpeed restores only its engine's module, and a
+        LoRA checkpoint's weights are the adapter's, so `decoder/` is where the decoder always comes from.
+        """
+        from safetensors.torch import load_file
+
+        path = os.path.join(checkpoint, "decoder", "model.safetensors")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} is missing, so the co-evolved decoder cannot be restored. Resume from a checkpoint written by "
+                "RankEGRPOTrainer (it saves `decoder/` in every checkpoint)."
+            )
+        self.codec.module.load_state_dict(load_file(path))  # copied onto the parameters, wherever they are
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # transformers copies only top-level weight and config files; the decoder and the card must travel too.

@@ -15,7 +15,13 @@ from PIL import Image
 
 from ranke_trl.cli import main as cli_main
 from ranke_trl.cli import parse_eval_args
-from ranke_trl.evaluation.eval_sets import PromptRecord, iter_image_batches, load_eval_prompts, open_dataset, prompt_seed
+from ranke_trl.evaluation.eval_sets import (
+    PromptRecord,
+    iter_image_batches,
+    load_eval_prompts,
+    open_dataset,
+    prompt_seed,
+)
 from ranke_trl.evaluation.results import read_results
 from ranke_trl.evaluation.runner import evaluate, load_system
 from ranke_trl.recipes import RecipeError
@@ -96,7 +102,8 @@ def test_geneval_export_has_the_official_layout_and_evaluator_command(tiny_run):
 def test_geneval_results_join_the_existing_results_without_generating(tiny_run, tmp_path):
     _, output_dir = tiny_run
     (tmp_path / "results.json").write_text((output_dir / "results.json").read_text())
-    lines = [{"tag": "counting", "correct": True}, {"tag": "counting", "correct": False}, {"tag": "colors", "correct": True}]
+    lines = [{"tag": "counting", "correct": True}, {"tag": "counting", "correct": False},
+             {"tag": "colors", "correct": True}]
     (tmp_path / "geneval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
     results = evaluate(parse_eval_args(["--output_dir", str(tmp_path), "--metrics", "geneval",
@@ -209,7 +216,8 @@ def test_hps_benchmark_scores_each_subset_and_their_average(tiny_janus_dir, tmp_
                   "--images_per_prompt", "1", "--save_images", "true")
 
     assert set(results["metrics"]) == {"hps/photo", "hps/anime", "hps/average"}
-    assert results["meta"]["hps"]["version"] == "v2.1" and results["meta"]["hps"]["num_images"] == {"photo": 2, "anime": 2}
+    assert results["meta"]["hps"]["version"] == "v2.1"
+    assert results["meta"]["hps"]["num_images"] == {"photo": 2, "anime": 2}
     assert sorted(image_bytes(tmp_path / "out")) == ["anime/00000_00.png", "anime/00001_00.png",
                                                      "photo/00000_00.png", "photo/00001_00.png"]
 
@@ -227,6 +235,17 @@ def test_prompts_come_from_a_local_file_and_reference_images_from_an_image_folde
     assert [(r.index, r.prompt) for r in records] == [(0, "a dog"), (1, "two cats")]
     assert [tuple(b.shape) for b in batches] == [(2, 3, 16, 16), (1, 3, 16, 16)]
     assert batches[0].min() >= -1 and batches[0].max() <= 1
+
+
+def test_geneval_prompts_keep_their_line_numbers_and_records(tmp_path):
+    lines = [{"tag": "counting", "include": [{"class": "cup", "count": 3}], "prompt": "a photo of three cups"},
+             {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "red"}], "prompt": "a red dog"}]
+    (tmp_path / "evaluation_metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    records = load_eval_prompts("geneval", source=str(tmp_path / "evaluation_metadata.jsonl"))
+
+    assert [(r.index, r.prompt, r.metadata) for r in records] == [(0, lines[0]["prompt"], lines[0]),
+                                                                  (1, lines[1]["prompt"], lines[1])]
 
 
 def test_several_result_files_give_one_table(tiny_run, tmp_path, capsys):

@@ -155,6 +155,12 @@ class DecoderPhase:
         codec.module.requires_grad_(False)  # encoder, quant_conv and (unless trained) the codebook stay frozen
         for param in self.decoder_params:
             param.requires_grad_(True)
+        if args.decoder_gradient_checkpointing:
+            enable = getattr(codec, "enable_decoder_checkpointing", None)
+            if enable is None:
+                raise ValueError(f"decoder_gradient_checkpointing=True, but {type(codec).__name__} cannot checkpoint its "
+                                 "decoder (no `enable_decoder_checkpointing`). Set it to False for this backbone.")
+            enable()
         self.decoder_optimizer = self._adamw(self.decoder_params, args.decoder_learning_rate)
         self.decoder_scheduler = get_constant_schedule(self.decoder_optimizer)
 

@@ -94,7 +94,9 @@ class EvalArguments:
     # ------------------------------------------------------------------ sampling
     seed: int = field(default=0, metadata={"help": "Base seed; each prompt's seed is derived from it and its index."})
     images_per_prompt: int = field(default=1, metadata={"help": "Images per prompt (GenEval's protocol: 4)."})
-    batch_size: int = field(default=16, metadata={"help": "Images decoded and scored per step on each process."})
+    batch_size: int = field(
+        default=16, metadata={"help": "Images decoded and scored per step on each process (at least one prompt's)."}
+    )
     guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale s in u + s(c - u); 1 disables CFG."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     top_k: int = field(default=0, metadata={"help": "Top-k filtering; 0 disables it."})
@@ -168,7 +170,7 @@ class EvalArguments:
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown dtype {self.dtype!r}; choose from {list(DTYPES)}.")
         if self.fid_feature_extractor not in ("inception", "tiny"):
-            raise ValueError(f"fid_feature_extractor must be 'inception' or 'tiny', not {self.fid_feature_extractor!r}.")
+            raise ValueError(f"fid_feature_extractor is 'inception' or 'tiny', not {self.fid_feature_extractor!r}.")
         if min(self.images_per_prompt, self.batch_size, self.scorer_batch_size) < 1:
             raise ValueError("images_per_prompt, batch_size and scorer_batch_size must all be >= 1.")
         if self.prompt_set == "dataset" and self.prompt_dataset is None and not self.join_only:

@@ -7,11 +7,13 @@ Only this file knows Janus's internals: `model.model.generation_embeddings`, `ge
 from __future__ import annotations
 
 import contextlib
+import re
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from .base import (
@@ -77,12 +79,32 @@ class JanusVQCodec(VQCodec):
         codebook = F.normalize(vq.quantize.embedding.weight, dim=-1)  # (K, D)
         return torch.einsum("bnd,kd->bnk", latents, codebook).argmax(dim=-1)
 
+    def enable_decoder_checkpointing(self) -> None:
+        """Recompute the decoder's up-path blocks (residual, attention, upsampling) in the backward pass.
+
+        Each block keeps only its input instead of its inner activations (`torch.utils.checkpoint`, non-reentrant),
+        at the cost of one more forward of the up path per backward. Decodes without autograd (rollout scoring,
+        the EMA teacher) run as before. Idempotent; deep copies (the EMA teacher) stay checkpointed.
+        """
+        for level in self.module.decoder.up:
+            blocks = [*level.block, *level.attn] + ([level.upsample] if hasattr(level, "upsample") else [])
+            for block in blocks:
+                block.forward = types.MethodType(_checkpointed_forward, block)
+
     def decoder_parameters(self, train_codebook: bool = False) -> list[nn.Parameter]:
         vq = self.module
         params = list(vq.post_quant_conv.parameters()) + list(vq.decoder.parameters())
         if train_codebook:
             params += list(vq.quantize.embedding.parameters())
         return params
+
+
+def _checkpointed_forward(self, *args):
+    # Bound per instance, so `copy.deepcopy` rebinds it to the copy rather than calling the original's forward.
+    forward = type(self).forward
+    if torch.is_grad_enabled():
+        return checkpoint(forward, self, *args, use_reentrant=False)
+    return forward(self, *args)
 
 
 class JanusPolicy(ImageTokenPolicy):
@@ -278,6 +300,24 @@ class JanusPolicy(ImageTokenPolicy):
 
     def codec_attached(self, model: nn.Module, codec: JanusVQCodec):
         return vq_attached(model, codec.module)
+
+    # ----------------------------------------------------------------------------------------------- LoRA
+    def lora_target_modules(self, names: list[str] | None = None) -> str:
+        """A PEFT `target_modules` regex confined to the image-generation path (module names inside the Janus model).
+
+        `names=None` gives the default: every attention and MLP projection of the language model, plus the linear
+        layers of the generation aligner and of the generation head. A list of names (e.g. `["q_proj", "v_proj"]`)
+        matches those module names within the language model, generation aligner and generation head only; the
+        vision tower and the understanding aligner, which image generation never runs, are never adapted.
+        """
+        if names is None:
+            projections = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+            return (
+                rf"^model\.(?:language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{projections})"
+                r"|generation_aligner\.(?:fc1|hidden_layers\.\d+)|generation_head\.(?:proj_out|vision_head))$"
+            )
+        alternatives = "|".join(re.escape(name) for name in names)
+        return rf"^model\.(?:language_model|generation_aligner|generation_head)\.(?:.*\.)?(?:{alternatives})$"
 
 
 def install_image_forward(model: nn.Module, policy: JanusPolicy) -> None:

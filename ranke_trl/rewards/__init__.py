@@ -10,11 +10,19 @@ from .clip import CLIPReward, OpenClipReward, prompt_text
 from .hps import HPSv2Reward, load_hps_state_dict
 from .preprocessing import clip_image_transform
 
+def _shapes_clip(**kwargs) -> OpenClipReward:
+    """The ShapesWorld CLIP (`ranke_trl.world.pretrain.shapes_clip_reward`), imported on use: it trains on demand."""
+    from ranke_trl.world.pretrain import shapes_clip_reward
+
+    return shapes_clip_reward(**kwargs)
+
+
 REWARDS = {
     "clip": CLIPReward,
     "hps": HPSv2Reward,
     "hpsv2": HPSv2Reward,
     "tiny_clip": CLIPReward.tiny,
+    "shapes_clip": _shapes_clip,
 }
 
 

@@ -34,13 +34,13 @@ import open_clip
 import torch
 import transformers
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from open_clip.push_to_hf_hub import save_config_for_hf
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import JanusForConditionalGeneration, JanusVQVAE, get_cosine_schedule_with_warmup
 
 from ..evaluation.fid import FIDMetric
 from ..policy.janus import JanusPolicy, JanusVQCodec
+from ..rewards.clip import CLIPReward
 from ..rewards.preprocessing import clip_image_transform
 from ..sft import ImageTokenSFT, ImageTokenSFTConfig
 from ..tiny import build_tiny_janus, build_tiny_janus_processor, tiny_clip_config, tiny_janus_config
@@ -234,7 +234,8 @@ def save_open_clip(model, config: dict, folder: Path) -> None:
     """Save as an open_clip model folder (`open_clip_config.json` + safetensors), loadable as `local-dir:<folder>`."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
-    save_config_for_hf(model, folder / "open_clip_config.json", model_config=config)
+    preprocess = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)}  # what training normalised with
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2))
 
 
 # --- the stages: each trains one component, saves it, and returns it with its manifest record -----------------------
@@ -448,9 +449,6 @@ def shapes_clip_reward(cache_dir: str | os.PathLike | None = None, prepare: bool
 
     `kwargs` (device, dtype, batch_size) go to `CLIPReward`. Scores are cosine similarities in [-1, 1].
     """
-    # Imported here: `ranke_trl.rewards` registers this function, so a module-level import would be circular.
-    from ..rewards.clip import CLIPReward
-
     reward = CLIPReward(f"local-dir:{_component(cache_dir, 'clip', prepare)}", pretrained=None, **kwargs)
     reward.__name__ = "shapes_clip"  # TRL logs it as rewards/shapes_clip/...
     return reward

@@ -1,0 +1,145 @@
+"""ShapesWorld's pretrained components (`ranke_trl.world.pretrain`): a tiny preparation, its cache and its loaders."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ranke_trl.world import pretrain
+from ranke_trl.world.features import CELL_CLASSES, ShapesAttributeNet, cell_targets
+from ranke_trl.world.perceptual import ShapesPerceptualDistance, l2_quantize
+from ranke_trl.world.scenes import Scene, ShapeSpec
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A tiny ShapesWorld preparation (seconds of training), shared by the tests of this file."""
+    return pretrain.prepare_shapes_world(tmp_path_factory.mktemp("shapes_world"), tiny=True, show_progress=False)
+
+
+def _refuse_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cache should have been reused, not retrained")
+
+    for name in ("train_attribute_net", "train_vqgan", "train_shapes_clip"):
+        monkeypatch.setattr(pretrain, name, refuse)
+
+
+def test_preparation_writes_a_manifest_with_seed_command_versions_times_and_quality(cache):
+    manifest = json.loads((pretrain.Path(cache) / "manifest.json").read_text())
+    assert manifest["identity"]["seed"] == 0 and manifest["identity"]["tiny"] is True
+    assert manifest["command"] and "prepare_shapes_world(" in manifest["call"]
+    assert {"torch", "transformers", "open_clip"} <= set(manifest["versions"])
+    assert list(manifest["stages"]) == list(pretrain.STAGES)
+    assert all(record["wall_s"] >= 0 for record in manifest["stages"].values())
+    assert {"recon_l1", "codebook_usage", "recon_shapes_eval"} <= set(manifest["stages"]["vq"]["quality"])
+    assert {"retrieval_top1", "retrieval_chance"} <= set(manifest["stages"]["clip"]["quality"])
+    assert {"sft_train_loss", "samples_shapes_eval", "samples_shapes_fid"} <= set(manifest["stages"]["policy"]["quality"])
+
+
+def test_policy_and_processor_load_with_from_pretrained_and_hold_the_trained_vq(cache):
+    from transformers import AutoProcessor, JanusForConditionalGeneration
+
+    path = pretrain.shapes_policy_path(cache, prepare=False)
+    model = JanusForConditionalGeneration.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    vq = pretrain.load_shapes_vq(cache, prepare=False)
+    assert type(processor).__name__ == "JanusProcessor"
+    for name, tensor in vq.state_dict().items():
+        assert torch.equal(model.model.vqmodel.state_dict()[name], tensor), name
+
+
+def test_saved_policy_samples_and_decodes_images(cache):
+    from transformers import AutoProcessor, JanusForConditionalGeneration
+
+    from ranke_trl.policy.janus import JanusPolicy
+
+    path = pretrain.shapes_policy_path(cache, prepare=False)
+    model = JanusForConditionalGeneration.from_pretrained(path)
+    policy = JanusPolicy(AutoProcessor.from_pretrained(path), model)
+    codes = policy.sample(model, policy.encode_prompts(["a red circle"]), guidance_scale=3.0)
+    assert policy.codec(model).decode(codes).shape == (1, 3, 64, 64)
+
+
+def test_shapes_clip_reward_loads_through_the_reward_registry(cache):
+    from ranke_trl.rewards import load_reward
+
+    reward = load_reward("shapes_clip", cache_dir=cache, prepare=False)
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    scores = reward.score(images, ["a red circle", "two squares"])
+    scores.sum().backward()
+    assert reward.__name__ == "shapes_clip"
+    assert scores.shape == (2,) and bool(((scores >= -1) & (scores <= 1)).all())
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_shapes_fid_loads_its_reference_and_scores_images(cache):
+    metric = pretrain.load_shapes_fid(cache, prepare=False)
+    metric.update_fake(torch.rand(4, 3, 64, 64))
+    assert metric.num_real == pretrain.TINY.num_eval_images
+    assert np.isfinite(metric.compute())
+
+
+def test_a_second_call_reuses_the_cache_without_training(cache, monkeypatch):
+    before = (pretrain.Path(cache) / "manifest.json").read_text()
+    _refuse_training(monkeypatch)
+    assert pretrain.prepare_shapes_world(cache, tiny=True, show_progress=False) == cache
+    assert (pretrain.Path(cache) / "manifest.json").read_text() == before
+
+
+def test_a_missing_stage_is_retrained_from_the_stages_before_it(cache, tmp_path, monkeypatch):
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    shutil.rmtree(copy / "policy")
+    _refuse_training(monkeypatch)  # features, VQ and CLIP load from the cache; only the SFT runs
+    pretrain.prepare_shapes_world(copy, tiny=True, show_progress=False)
+    assert (copy / "policy" / "model.safetensors").is_file()
+
+
+def test_a_cache_prepared_with_another_seed_is_refused(cache):
+    with pytest.raises(ValueError, match="force=True"):
+        pretrain.prepare_shapes_world(cache, tiny=True, seed=1, show_progress=False)
+
+
+def test_loading_a_missing_component_without_prepare_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="prepare_shapes_world"):
+        pretrain.shapes_policy_path(tmp_path, prepare=False)
+
+
+def test_cache_dir_defaults_to_the_environment_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv(pretrain.CACHE_ENV, str(tmp_path / "world"))
+    assert pretrain.shapes_cache_dir() == tmp_path / "world"
+    assert pretrain.shapes_cache_dir(tiny=True) == tmp_path / "world_tiny"
+
+
+def test_l2_quantize_gives_the_codes_of_the_codec_lookup_and_decode():
+    from transformers import JanusVQVAE
+
+    from ranke_trl.policy.janus import JanusVQCodec
+    from ranke_trl.tiny import tiny_janus_config
+
+    torch.manual_seed(0)
+    vq = JanusVQVAE(tiny_janus_config().vq_config).eval()
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        quantized, codes, _, _ = l2_quantize(vq, pixels)
+        assert torch.equal(codes, JanusVQCodec(vq).encode(pixels))
+        assert torch.allclose(vq.decoder(vq.post_quant_conv(quantized)), vq.decode(codes), atol=1e-5)
+
+
+def test_cell_targets_put_each_shape_in_its_grid_cell():
+    scene = Scene(
+        (ShapeSpec("circle", "red", "small", 16, 16), ShapeSpec("square", "blue", "large", 48, 48)),
+        {"prompt": "a circle and a square", "tag": "two_object"},
+    )
+    names = [CELL_CLASSES[i] for i in cell_targets(scene)]
+    assert names == ["red circle", "empty", "empty", "blue square"]
+
+
+def test_perceptual_distance_is_zero_for_equal_images_and_positive_otherwise():
+    distance = ShapesPerceptualDistance(ShapesAttributeNet())
+    x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    assert torch.allclose(distance(x, x), torch.zeros(2), atol=1e-6)
+    assert bool((distance(x, y) > 0).all())
