@@ -190,3 +190,14 @@ def test_mismatched_codebook_sizes_are_rejected(tiny_tokenizer):
     head.vision_head = torch.nn.Linear(head.vision_head.in_features, 128)
     with pytest.raises(ValueError, match="share one codebook"):
         JanusPolicy(tiny_tokenizer, model)
+
+
+def test_per_row_generators_make_images_independent_of_the_batch(tiny_janus, tiny_tokenizer):
+    policy = _policy(tiny_janus, tiny_tokenizer)
+    alone = policy.sample(
+        tiny_janus, policy.encode_prompts(["a"]), guidance_scale=3.0, generator=[torch.Generator().manual_seed(7)]
+    )
+    batch = policy.encode_prompts(["a", "b"])
+    gens = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)]
+    together = policy.sample(tiny_janus, batch, guidance_scale=3.0, generator=gens)
+    assert torch.equal(alone[0], together[0])

@@ -235,13 +235,22 @@ def load_system(args: EvalArguments, device) -> tuple[nn.Module, object, JanusVQ
     return model, policy, codec
 
 
-def sample_prompt_codes(policy, model, record, args: EvalArguments, device) -> torch.LongTensor:
-    """Codes (images_per_prompt, N) in [0, K) for one prompt, drawn with the prompt's own seeded generator."""
-    prompts = policy.encode_prompts([record.prompt] * args.images_per_prompt, device)
-    generator = torch.Generator(device=device).manual_seed(prompt_seed(args.seed, record))
+def sample_prompt_codes(policy, model, records, args: EvalArguments, device) -> torch.LongTensor:
+    """Codes (len(records) * images_per_prompt, N) in [0, K), prompt-major, drawn in one batch.
+
+    Each image has its own generator, seeded from its prompt's seed and its index within the prompt, so an image
+    depends only on (seed, prompt, index): not on the batch size or the number of processes.
+    """
+    prompts = [record.prompt for record in records for _ in range(args.images_per_prompt)]
+    generators = [
+        torch.Generator(device=device).manual_seed(prompt_seed(args.seed, record) + j)
+        for record in records
+        for j in range(args.images_per_prompt)
+    ]
     return policy.sample(
-        model, prompts, guidance_scale=args.guidance_scale, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, do_sample=args.do_sample, generator=generator,
+        model, policy.encode_prompts(prompts, device), guidance_scale=args.guidance_scale,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, do_sample=args.do_sample,
+        generator=generators,
     )
 
 
@@ -476,7 +485,7 @@ def evaluate(args: EvalArguments, accelerator: Accelerator | None = None) -> dic
                     disable=not accelerator.is_main_process)
     for start in range(0, len(local), per_step):
         chunk = local[start : start + per_step]
-        codes = torch.cat([sample_prompt_codes(policy, model, record, args, device) for record in chunk])
+        codes = sample_prompt_codes(policy, model, chunk, args, device)
         with torch.no_grad():
             images01 = ((codec.decode(codes).float() + 1) / 2).clamp(0, 1)
         suite.update(chunk, codes, images01)

@@ -137,9 +137,13 @@ class ImageTokenPolicy(ABC):
         top_k: int = 0,
         top_p: float = 1.0,
         do_sample: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.LongTensor:
-        """Draw one image per prompt row with a KV-cached CFG sampler. Returns codes (B, N)."""
+        """Draw one image per prompt row with a KV-cached CFG sampler. Returns codes (B, N).
+
+        `generator` may be one generator for the batch, or one per row, so that a row's image depends only on its
+        own seed, not on the batch it was drawn in.
+        """
 
     @abstractmethod
     def code_log_probs(

@@ -41,6 +41,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _draw(probs: torch.Tensor, generator) -> torch.LongTensor:
+    """One code per row of `probs` (B, K); a list of generators gives each row its own stream (seeds per prompt)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)]).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
 class JanusVQCodec(VQCodec):
     """Janus's VQ-16 tokenizer (`JanusVQVAE`) as codes <-> pixels.
 
@@ -197,9 +204,11 @@ class JanusPolicy(ImageTokenPolicy):
         top_k: int = 0,
         top_p: float = 1.0,
         do_sample: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.LongTensor:
         janus = _unwrap(model)
+        if isinstance(generator, (list, tuple)) and len(generator) != prompts.input_ids.size(0):
+            raise ValueError(f"Got {len(generator)} generators for {prompts.input_ids.size(0)} prompt rows.")
         lm, inner = janus.model.language_model, janus.model
         use_cfg = guidance_scale != 1.0
         input_ids, mask = prompts.input_ids, prompts.attention_mask
@@ -219,7 +228,7 @@ class JanusPolicy(ImageTokenPolicy):
             logits = apply_cfg(cond, uncond, guidance_scale)
             if do_sample:
                 probs = warp_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-                next_code = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                next_code = _draw(probs, generator)
             else:
                 next_code = logits.argmax(dim=-1)
             codes[:, step] = next_code
