@@ -31,7 +31,8 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.17"],
         "tensorboard": ["tensorboard"],
-        "dev": ["pytest>=8", "tensorboard", "deepspeed>=0.17"],
+        "experiments": ["matplotlib"],
+        "dev": ["pytest>=8", "tensorboard", "deepspeed>=0.17", "matplotlib"],
     },
     entry_points={"console_scripts": ["ranke-trl=ranke_trl.cli:main"]},
 )

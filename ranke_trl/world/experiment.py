@@ -1,0 +1,254 @@
+"""The paper's table in ShapesWorld: Base, SFT, Std. RL, Decoder-only, RankE (and ablations), equal seeds, data and
+compute, scored by CLIP score, ShapesFID, ShapesEval, token KL to ground truth and codebook entropy.
+
+Every GRPO row is a `RankEGRPOTrainer` run on the same pretrained world (`prepare_shapes_world`), differing only in
+its `RankEConfig` overrides; the SFT row spends the same number of optimiser steps on next-token cross-entropy.
+Metrics are measured on a fixed validation prompt set with fixed per-image seeds, every `eval_every` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import AutoProcessor, JanusForConditionalGeneration, TrainerCallback
+
+from ..corpus import image_to_tensor
+from ..diagnostics import CodeHistogram, ShiftDiagnostics
+from ..evaluation.clip_score import clip_score_from_cosine
+from ..evaluation.results import results_table
+from ..policy import make_policy
+from .data import make_split
+from .pretrain import load_shapes_fid, shapes_cache_dir, shapes_clip_reward, shapes_policy_path
+from .shapes_eval import ShapesEval, shapes_eval_reward, summarize
+
+# name -> (how the row trains, which reward, RankEConfig overrides)
+ROWS: dict[str, tuple[str, str, dict]] = {
+    "Base": ("none", "shapes_clip", {}),
+    "SFT": ("sft", "shapes_clip", {}),
+    "Std. RL": ("grpo", "shapes_clip", {"train_decoder": False}),
+    "Decoder-only": ("grpo", "shapes_clip", {"train_policy": False}),
+    "RankE": ("grpo", "shapes_clip", {}),
+    "Std. RL (black-box)": ("grpo", "shapes_eval", {"train_decoder": False}),
+    "RankE (black-box)": ("grpo", "shapes_eval", {"lambda_rbp": 0.0}),
+    "w/o L_rec": ("grpo", "shapes_clip", {"lambda_rec": 0.0}),
+    "w/o L_RankGAN": ("grpo", "shapes_clip", {"lambda_gan": 0.0}),
+    "w/o L_cons": ("grpo", "shapes_clip", {"lambda_cons": 0.0}),
+    "w/o L_rbp": ("grpo", "shapes_clip", {"lambda_rbp": 0.0}),
+    "uniform GAN": ("grpo", "shapes_clip", {"rank_gan_temperature": math.inf}),
+}
+MAIN_ROWS = ["Base", "SFT", "Std. RL", "Decoder-only", "RankE"]
+METRICS = ["clip_score", "shapes_fid", "shapes_eval", "shift/token_kl_bits", "shift/entropy_bits"]
+
+
+@dataclass
+class ExperimentSettings:
+    """Budget of one experiment; `QUICK` fits CI-like checks, `FULL` the README table."""
+
+    steps: int = 60
+    eval_every: int = 20
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ablation_seeds: list[int] = field(default_factory=lambda: [0])
+    num_eval_prompts: int = 64
+    num_train_prompts: int = 256
+    rollouts_per_step: int = 32
+    num_generations: int = 8
+    learning_rate: float = 1e-4
+    decoder_learning_rate: float = 1e-4
+    guidance_scale: float = 3.0
+    rows: list[str] = field(default_factory=lambda: list(ROWS))
+
+
+QUICK = ExperimentSettings(steps=12, eval_every=6, seeds=[0], num_eval_prompts=32, num_train_prompts=64,
+                           rollouts_per_step=16, rows=list(MAIN_ROWS))
+
+
+class WorldEvaluator:
+    """Scores a policy + decoder on fixed validation prompts: metric name -> value (see `METRICS`)."""
+
+    def __init__(self, cache_dir, num_prompts: int, guidance_scale: float, seed: int = 1234):
+        data = make_split("validation", num_prompts, seed=seed)
+        self.prompts, self.metadata = list(data["prompt"]), list(data["metadata"])
+        self.real = torch.stack([image_to_tensor(im, 64) for im in data["image"]])
+        self.clip = shapes_clip_reward(cache_dir)
+        self.fid = load_shapes_fid(cache_dir)
+        self.shapes_eval = ShapesEval()
+        self.guidance_scale, self.seed = guidance_scale, seed
+        self.shift = None
+
+    @torch.no_grad()
+    def __call__(self, model, policy, codec) -> tuple[dict[str, float], torch.Tensor]:
+        if self.shift is None:  # ground-truth codes of the validation images, with this world's frozen encoder
+            counts = CodeHistogram(codec.codebook_size).update(codec.encode(self.real)).counts
+            self.shift = ShiftDiagnostics(counts, codec.codebook_size)
+        device = next(codec.module.parameters()).device
+        generators = [torch.Generator(device=device).manual_seed(self.seed + i) for i in range(len(self.prompts))]
+        codes = policy.sample(model, policy.encode_prompts(self.prompts, device), guidance_scale=self.guidance_scale,
+                              top_p=0.9, generator=generators)
+        images = ((codec.decode(codes).float() + 1) / 2).clamp(0, 1)
+        cos = self.clip.score(images, self.prompts)
+        self.fid.reset_fake()
+        self.fid.update_fake(images)
+        evaluated = self.shapes_eval.evaluate_batch(list(images), self.metadata)
+        summary = summarize(evaluated)
+        metrics = {
+            "clip_score": float(clip_score_from_cosine(cos).mean()),
+            "shapes_fid": self.fid.compute(),
+            "shapes_eval": summary["overall"],
+            **{f"shapes_eval/{k}": v for k, v in summary["per_family"].items()},
+            **self.shift(codes),
+        }
+        return metrics, images[:8].cpu()
+
+
+class _EvalCallback(TrainerCallback):
+    def __init__(self, trainer, evaluator, every, curve):
+        self.trainer, self.evaluator, self.every, self.curve = trainer, evaluator, every, curve
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:
+            t = self.trainer
+            metrics, _ = self.evaluator(t.model, t.policy, t.codec)
+            self.curve.append({"step": state.global_step, **metrics})
+
+
+def _load_base(cache_dir):
+    path = shapes_policy_path(cache_dir)
+    return JanusForConditionalGeneration.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+
+
+def run_row(name: str, seed: int, settings: ExperimentSettings, evaluator: WorldEvaluator, cache_dir) -> dict:
+    """Train one row with one seed; returns {"final": metrics, "curve": [...], "samples": images}."""
+    from .. import RankEConfig, RankEGRPOTrainer
+    from ..sft import ImageTokenSFT, ImageTokenSFTConfig
+
+    kind, reward_name, overrides = ROWS[name]
+    torch.manual_seed(seed)
+    model, processor = _load_base(cache_dir)
+    policy = make_policy(model, processor.tokenizer)
+    curve: list[dict] = []
+    train = make_split("train", settings.num_train_prompts, seed=seed)
+    if kind == "none":
+        codec = policy.codec(model)
+    elif kind == "sft":
+        sft = ImageTokenSFT(policy, model, ImageTokenSFTConfig(
+            num_train_steps=settings.eval_every, batch_size=settings.rollouts_per_step,
+            learning_rate=settings.learning_rate, seed=seed, show_progress=False))
+        codec = sft.codec
+        codes = codec.encode(torch.stack([image_to_tensor(im, 64) for im in train["image"]]))
+        for step in range(settings.eval_every, settings.steps + 1, settings.eval_every):
+            sft.train(list(train["prompt"]), codes)
+            curve.append({"step": step, **evaluator(model, policy, codec)[0]})
+    else:
+        reward = shapes_clip_reward(cache_dir) if reward_name == "shapes_clip" else shapes_eval_reward
+        args = RankEConfig(
+            output_dir=tempfile.mkdtemp(prefix="shapes-exp-"), bf16=False, seed=seed, data_seed=seed,
+            max_steps=settings.steps, per_device_train_batch_size=settings.rollouts_per_step,
+            num_generations=settings.num_generations, learning_rate=settings.learning_rate,
+            decoder_learning_rate=settings.decoder_learning_rate, guidance_scale=settings.guidance_scale,
+            lambda_lpips=0.0, report_to=[], save_strategy="no", logging_steps=settings.eval_every,
+            log_images_steps=0, disable_tqdm=True, decoder_batch_size=8, lr_scheduler_type="constant",
+            **{"lambda_rbp": 0.0, **overrides} if reward_name == "shapes_eval" else overrides,
+        )
+        trainer = RankEGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=train,
+                                   processing_class=processor)
+        trainer.add_callback(_EvalCallback(trainer, evaluator, settings.eval_every, curve))
+        trainer.train()
+        codec = trainer.codec
+    final, samples = evaluator(model, policy, codec)
+    if not curve or curve[-1]["step"] != (0 if kind == "none" else settings.steps):
+        curve.append({"step": 0 if kind == "none" else settings.steps, **final})
+    return {"final": final, "curve": curve, "samples": samples}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_experiment(settings: ExperimentSettings, out_dir: str, cache_dir=None) -> dict:
+    """Run every row over its seeds; write `results.json`, `results.md` and PNG figures to `out_dir`."""
+    cache_dir = shapes_cache_dir(cache_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    evaluator = WorldEvaluator(cache_dir, settings.num_eval_prompts, settings.guidance_scale)
+    runs: dict[str, list[dict]] = {}
+    for name in settings.rows:
+        seeds = settings.seeds if name in MAIN_ROWS else settings.ablation_seeds
+        for seed in seeds:
+            start = time.perf_counter()
+            result = run_row(name, seed, settings, evaluator, cache_dir)
+            result["seconds"] = time.perf_counter() - start
+            runs.setdefault(name, []).append(result)
+            print(f"[{name} seed {seed}] {result['seconds']:.0f}s " +
+                  " ".join(f"{k}={result['final'][k]:.3f}" for k in METRICS))
+    table = {}
+    for name, results in runs.items():
+        keys = results[0]["final"].keys()
+        table[name] = {k: _mean_std([r["final"][k] for r in results]) for k in keys}
+    payload = {
+        "settings": asdict(settings),
+        "rows": {n: {k: {"mean": m, "std": s} for k, (m, s) in v.items()} for n, v in table.items()},
+        "curves": {n: [r["curve"] for r in rs] for n, rs in runs.items()},
+        "seeds": {n: len(rs) for n, rs in runs.items()},
+        "seconds": {n: sum(r["seconds"] for r in rs) for n, rs in runs.items()},
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(payload, f, indent=2)
+    markdown = markdown_table(payload)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown + "\n")
+    write_figures(runs, out_dir)
+    return payload
+
+
+def markdown_table(payload: dict) -> str:
+    """The paper's layout: one row per mode, mean ± std over seeds (n seeds in brackets)."""
+    heads = {"clip_score": "CLIP ↑", "shapes_fid": "ShapesFID ↓", "shapes_eval": "ShapesEval ↑",
+             "shift/token_kl_bits": "token KL (bits) ↓", "shift/entropy_bits": "entropy (bits)"}
+    families = sorted({k for row in payload["rows"].values() for k in row if k.startswith("shapes_eval/")})
+    cols = list(heads) + families
+    lines = ["| run | " + " | ".join(heads[c] if c in heads else c.split("/", 1)[1] for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for name, row in payload["rows"].items():
+        cells = [f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" if c in row else "–" for c in cols]
+        lines.append(f"| {name} (n={payload['seeds'][name]}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_figures(runs: dict[str, list[dict]], out_dir: str) -> list[str]:
+    """Reward-proxy and ShapesFID curves, KL and entropy curves (the paper's Fig. 6), and sample grids by mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import save_image
+
+    paths = []
+    for filename, keys in [("quality_curves.png", ["clip_score", "shapes_fid", "shapes_eval"]),
+                           ("shift_curves.png", ["shift/token_kl_bits", "shift/entropy_bits"])]:
+        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
+        for ax, key in zip(axes, keys):
+            for name, results in runs.items():
+                if len(results[0]["curve"]) < 2:
+                    continue
+                steps = [p["step"] for p in results[0]["curve"]]
+                values = [statistics.fmean(r["curve"][i][key] for r in results) for i in range(len(steps))]
+                ax.plot(steps, values, marker="o", label=name)
+            ax.set_title(key)
+            ax.set_xlabel("policy step")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(os.path.join(out_dir, filename))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    grid = torch.cat([results[0]["samples"] for results in runs.values()])
+    paths.append(os.path.join(out_dir, "samples_by_mode.png"))
+    save_image(grid, paths[-1], nrow=8, padding=2, pad_value=1.0)
+    with open(os.path.join(out_dir, "samples_by_mode.txt"), "w") as f:
+        f.write("rows, top to bottom: " + ", ".join(runs) + "\n")
+    return paths

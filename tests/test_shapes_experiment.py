@@ -1,0 +1,37 @@
+"""The ShapesWorld experiment runner, end to end on a tiny prepared world (2 policy steps per run)."""
+
+import json
+
+import pytest
+
+from ranke_trl.world.experiment import ExperimentSettings, markdown_table, run_experiment
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    from ranke_trl.world.pretrain import prepare_shapes_world
+
+    return prepare_shapes_world(cache_dir=tmp_path_factory.mktemp("world"), tiny=True, seed=0)
+
+
+def test_experiment_writes_table_curves_and_figures(tiny_world, tmp_path):
+    settings = ExperimentSettings(
+        steps=2, eval_every=1, seeds=[0], num_eval_prompts=8, num_train_prompts=8, rollouts_per_step=8,
+        num_generations=4, rows=["Base", "SFT", "Std. RL", "RankE"],
+    )
+    payload = run_experiment(settings, str(tmp_path), cache_dir=tiny_world)
+    assert set(payload["rows"]) == {"Base", "SFT", "Std. RL", "RankE"}
+    for row in payload["rows"].values():
+        assert {"clip_score", "shapes_fid", "shapes_eval", "shift/token_kl_bits", "shift/entropy_bits"} <= set(row)
+    assert [p["step"] for p in payload["curves"]["RankE"][0]] == [1, 2]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"] == payload["rows"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| RankE (n=1) |" in table and "ShapesFID ↓" in table
+    for figure in ["quality_curves.png", "shift_curves.png", "samples_by_mode.png"]:
+        assert (tmp_path / figure).stat().st_size > 0
+
+
+def test_table_reports_mean_and_std_over_seeds():
+    payload = {"rows": {"RankE": {"clip_score": {"mean": 30.0, "std": 0.5}}}, "seeds": {"RankE": 3}}
+    assert "| RankE (n=3) | 30.000 ± 0.500 |" in markdown_table(payload)
