@@ -10,11 +10,19 @@ from .clip import CLIPReward, OpenClipReward, prompt_text
 from .hps import HPSv2Reward, load_hps_state_dict
 from .preprocessing import clip_image_transform
 
+
 def _shapes_clip(**kwargs) -> OpenClipReward:
     """The ShapesWorld CLIP (`ranke_trl.world.pretrain.shapes_clip_reward`), imported on use: it trains on demand."""
     from ranke_trl.world.pretrain import shapes_clip_reward
 
     return shapes_clip_reward(**kwargs)
+
+
+def _shapes_eval(**_):
+    """ShapesWorld's black-box reward (ShapesEval's partial credit in [0, 1]; no gradient, no model to place)."""
+    from ranke_trl.world.shapes_eval import shapes_eval_reward
+
+    return shapes_eval_reward
 
 
 REWARDS = {
@@ -23,6 +31,7 @@ REWARDS = {
     "hpsv2": HPSv2Reward,
     "tiny_clip": CLIPReward.tiny,
     "shapes_clip": _shapes_clip,
+    "shapes_eval": _shapes_eval,
 }
 
 
