@@ -8,6 +8,7 @@ VQ weights (which the engine does not own) to the engine's consolidated state di
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -59,3 +60,24 @@ def with_submodule_weights(state_dict: dict, root: nn.Module, module: nn.Module)
     prefix = submodule_prefix(root, module)
     extra = {f"{prefix}{k}": v.detach().cpu() for k, v in module.state_dict().items()}
     return {**state_dict, **{k: v for k, v in extra.items() if k not in state_dict}}
+
+
+@contextlib.contextmanager
+def zero3_init_disabled(args):
+    """Build models whole inside this block even under ZeRO-3 (`args`: the `TrainingArguments`).
+
+    Under ZeRO-3, transformers builds every sub-model that `from_config` creates inside `zero.Init`, so a composite
+    model constructed in memory (e.g. the tiny Janus) comes out half partitioned and its weight init fails. Built
+    whole instead, it is partitioned by the engine when the trainer prepares it.
+    """
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()

@@ -46,6 +46,21 @@ Generate with `ranke_trl.policy.JanusPolicy(processor, model).sample(...)`, or w
 `model.generate(..., generation_mode="image")`.
 """
 
+LORA_LOADING = """## How to load
+
+The repository holds a LoRA adapter on the policy and, in `decoder/`, the co-evolved VQ tokenizer (trained in full).
+
+```python
+from peft import PeftModel
+from transformers import AutoProcessor, JanusForConditionalGeneration, JanusVQVAE
+
+base = JanusForConditionalGeneration.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "{repo}").merge_and_unload()           # policy with the adapter merged
+model.model.vqmodel = JanusVQVAE.from_pretrained("{repo}", subfolder="decoder")  # the co-evolved decoder
+processor = AutoProcessor.from_pretrained("{repo}")
+```
+"""
+
 
 def _mode(args) -> str:
     if args.train_policy and args.train_decoder:
@@ -76,6 +91,9 @@ def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) 
         metrics=metrics,
         repo=args.hub_model_id or output_dir,
     )
+    if hasattr(trainer.model, "peft_config"):  # an adapter, not a whole model: show how to merge it
+        head, _ = card.split("## How to load", 1)
+        card = head + LORA_LOADING.format(base_model=base_model, repo=args.hub_model_id or output_dir)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "README.md")
     with open(path, "w", encoding="utf-8") as f:

@@ -153,9 +153,11 @@ def build_policy(script_args: RecipeArguments, config: RankEConfig):
     'tiny' builds a random tiny Janus offline; anything else is a Hub id or local directory the trainer loads.
     """
     if script_args.model_name_or_path == "tiny":
+        from .distributed import zero3_init_disabled
         from .tiny import build_tiny_janus, build_tiny_janus_processor
 
-        return build_tiny_janus(seed=config.seed), build_tiny_janus_processor()
+        with zero3_init_disabled(config):  # the same random model as on one process; DeepSpeed partitions it later
+            return build_tiny_janus(seed=config.seed), build_tiny_janus_processor()
     return script_args.model_name_or_path, None
 
 

@@ -34,7 +34,7 @@ from .distributed import is_zero3_partitioned, unpartitioned_copy, with_submodul
 from .hub import write_model_card
 from .image_logging import log_image_grid
 from .policy import load_policy_model, make_policy
-from .rewards import prompt_text
+from .rewards import OpenClipReward, prompt_text
 from .rollout_buffer import RolloutBuffer
 from .schedule import DecoderPhaseCallback, corpus_batches
 
@@ -123,16 +123,8 @@ class RankEGRPOTrainer(GRPOTrainer):
             self.codec.module = unpartitioned_copy(self.codec.module)
         args.max_completion_length = self.policy.num_image_tokens
         use_peft = peft_config is not None or is_peft_model(model)
-        if peft_config is not None:
-            peft_config = self._resolve_lora_targets(peft_config)
-        if use_peft and args.sync_ref_model and args.beta != 0.0:
-            # TRL raises NotImplementedError here: with an adapter there is no reference model to keep an EMA of.
-            logger.warning(
-                "sync_ref_model=True (the paper's EMA reference) is not available with LoRA: the reference policy is "
-                "the base model with the adapter disabled, as in TRL. Continuing with sync_ref_model=False; set it "
-                "in the recipe to silence this warning, or train without LoRA for the EMA reference."
-            )
-            args.sync_ref_model = False
+        if use_peft:
+            peft_config = self._prepare_lora(peft_config, args)
 
         # TRL would rebuild the reference from `config._name_or_path`, which fails for in-memory models and would
         # carry the VQ model; build it here from the policy instead (same parameters, so SyncRefModel's EMA works).
@@ -164,6 +156,9 @@ class RankEGRPOTrainer(GRPOTrainer):
             self._setup_ref_model(ref_model, sync_ref)
 
         self.codec.module.to(self.accelerator.device).eval().requires_grad_(False)
+        for func in reward_funcs:  # each rank scores on its own device, not on the CPU a reward was built on
+            if isinstance(func, OpenClipReward) and func.device.type == "cpu":
+                func.to(device=self.accelerator.device)
         self._check_stage2_inputs(args, train_dataset)
         self.rollout_buffer = self.decoder_phase = None
         self._decoder_phases = 0
@@ -221,18 +216,26 @@ class RankEGRPOTrainer(GRPOTrainer):
                 f"`image_column`, or set {' and '.join(f'{n}=0' for n in needs_images)}."
             )
 
-    def _resolve_lora_targets(self, peft_config):
-        """A `LoraConfig` whose `target_modules` is None or a list is confined to the policy's generation path.
+    def _prepare_lora(self, peft_config, args: RankEConfig):
+        """LoRA: confine the adapter to the generation path, and turn off the EMA reference, which LoRA cannot have.
 
-        None means the adapter's default modules (for Janus: the language model's attention and MLP projections,
-        the generation aligner and the generation head). A list names modules within that path. A regex string is
-        the user's full control and is kept as it is.
+        A `target_modules` of None means the policy adapter's default modules (for Janus: the language model's
+        attention and MLP projections, the generation aligner and the generation head); a list names modules within
+        that path; a regex string is the user's full control and is kept. Returns the `peft_config` to apply (None
+        when the model already is a PEFT model).
         """
         targets = getattr(peft_config, "target_modules", None)
-        if isinstance(targets, str) or not hasattr(self.policy, "lora_target_modules"):
-            return peft_config
-        peft_config = copy.deepcopy(peft_config)
-        peft_config.target_modules = self.policy.lora_target_modules(sorted(targets) if targets else None)
+        if peft_config is not None and not isinstance(targets, str) and hasattr(self.policy, "lora_target_modules"):
+            peft_config = copy.deepcopy(peft_config)
+            peft_config.target_modules = self.policy.lora_target_modules(sorted(targets) if targets else None)
+        if args.sync_ref_model and args.beta != 0.0:
+            # TRL raises NotImplementedError here: with an adapter there is no reference model to keep an EMA of.
+            logger.warning(
+                "sync_ref_model=True (the paper's EMA reference) is not available with LoRA: the reference policy is "
+                "the base model with the adapter disabled, as in TRL. Continuing with sync_ref_model=False; set it "
+                "in the recipe to silence this warning, or train without LoRA for the EMA reference."
+            )
+            args.sync_ref_model = False
         return peft_config
 
     def _setup_ref_model(self, ref_model: nn.Module, sync_ref: bool) -> None:

@@ -19,14 +19,16 @@ from transformers import TrainerCallback
 
 from ranke_trl import RankEGRPOTrainer
 from ranke_trl.data import load_prompt_dataset
+from ranke_trl.distributed import is_zero3_partitioned
 from ranke_trl.recipes import build_peft_config, build_policy, build_rewards, parse_recipe
 
-# Weights compared by the test: the generation head (trained by GRPO) and, for LoRA runs, its adapter.
-WATCHED = ("generation_head.vision_head.weight",)
+# Weights compared by the test: the generation head's output layer (with LoRA: its base layer and adapter too),
+# and every adapter matrix.
+WATCHED = ("generation_head.vision_head.",)
 
 
 def whole_state(module: torch.nn.Module, keep=lambda name: True) -> dict[str, torch.Tensor]:
-    """Named parameters of `module` as whole CPU tensors, gathering ZeRO-3 partitions (collective: call on all ranks)."""
+    """Named parameters of `module` as whole CPU tensors, gathering ZeRO-3 partitions (all ranks must call it)."""
     params = [(n, p) for n, p in module.named_parameters() if keep(n)]
     if any(hasattr(p, "ds_id") for _, p in params):
         import deepspeed
@@ -75,13 +77,18 @@ def main():
         "--recipe", "recipes/tiny_janus_clip.yaml", "--output_dir", os.path.join(known.out, "run"),
         "--report_to", "none", "--log_images_steps", "0", "--save_steps", "2", "--max_train_samples", "32",
         "--per_device_train_batch_size", "4", "--decoder_batch_size", "2",
-        "--ref_model_sync_steps", "1", "--ref_model_mixup_alpha", "0.5", *overrides,
+        "--ref_model_sync_steps", "1", "--ref_model_mixup_alpha", "0.5", "--seed", "0", *overrides,
     ]
     result = {}
 
     trainer = build_trainer([*common, "--max_steps", "2"])
     ref = getattr(trainer, "ref_model", None)
     result["ref_type"] = type(ref).__name__
+    ref = getattr(ref, "module", ref)  # a DeepSpeed engine's parameters are named under `module.`
+    result["policy_partitioned_at_init"] = is_zero3_partitioned(trainer.model)  # ZeRO-3 + from_pretrained
+    result["policy_init"] = whole_state(trainer.model, watched)
+    result["ref_init"] = whole_state(ref, watched) if ref is not None else None
+    result["decoder_init"] = {k: v.cpu().clone() for k, v in trainer.codec.module.state_dict().items()}
     trainer.train()
     result["decoder_run1"] = {k: v.cpu().clone() for k, v in trainer.codec.module.state_dict().items()}
     result["policy_run1"] = whole_state(trainer.model, watched)

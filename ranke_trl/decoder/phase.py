@@ -158,8 +158,8 @@ class DecoderPhase:
         if args.decoder_gradient_checkpointing:
             enable = getattr(codec, "enable_decoder_checkpointing", None)
             if enable is None:
-                raise ValueError(f"decoder_gradient_checkpointing=True, but {type(codec).__name__} cannot checkpoint its "
-                                 "decoder (no `enable_decoder_checkpointing`). Set it to False for this backbone.")
+                raise ValueError(f"decoder_gradient_checkpointing=True, but {type(codec).__name__} cannot checkpoint "
+                                 "its decoder (no `enable_decoder_checkpointing`). Set it to False for this backbone.")
             enable()
         self.decoder_optimizer = self._adamw(self.decoder_params, args.decoder_learning_rate)
         self.decoder_scheduler = get_constant_schedule(self.decoder_optimizer)

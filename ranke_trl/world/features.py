@@ -86,9 +86,10 @@ class ShapesAttributeNet(nn.Module, PyTorchModelHubMixin, library_name="ranke_tr
         self.head = nn.Linear(num_features, num_cells * num_classes)
 
     def activations(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """The output of every block, [(B, widths[i], H / 2**(i+1), W / 2**(i+1))], for pixels in [-1, 1]."""
-        if pixels.shape[-2:] != (self.image_size, self.image_size):
-            pixels = F.interpolate(pixels, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
+        """The output of every block, [(B, widths[i], H / 2**(i+1), W / 2**(i+1))], for pixels in [-1, 1].
+
+        Convolutions only, so any size divisible by 2**len(widths) works (the VQGAN trains on crops).
+        """
         maps = []
         for block in self.blocks:
             pixels = block(pixels)
@@ -96,7 +97,9 @@ class ShapesAttributeNet(nn.Module, PyTorchModelHubMixin, library_name="ranke_tr
         return maps
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (B, num_features) of pixels (B, 3, H, W) in [-1, 1]."""
+        """Penultimate features (B, num_features) of pixels (B, 3, H, W) in [-1, 1], resized to `image_size`."""
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            pixels = F.interpolate(pixels, size=(self.image_size,) * 2, mode="bilinear", antialias=True)
         return self.to_features(self.activations(pixels)[-1])
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@
   LPIPS's recipe (unit-normalised activations, squared differences) to the ShapesWorld attribute net
   (`features.ShapesAttributeNet`), whose features encode the colours and kinds ShapesEval checks.
 - **GAN loss**: `ranke_trl.decoder`'s `PatchDiscriminator` with its `discriminator_loss` and (uniformly weighted)
-  non-saturating generator loss, switched on after `gan_start` of the steps, as VQGANs usually do: an adversary
-  is only useful once reconstructions are roughly right.
+  non-saturating generator loss, balanced against the reconstruction by taming's adaptive weight and switched on
+  after `gan_start` of the steps, as VQGANs usually do: an adversary helps once reconstructions are roughly right.
 - **Dead codes**: entries unused for `reinit_every` steps are re-initialised to random encoder outputs of the current
   batch (as in SoundStream / improved VQGAN practice); without it a 256-entry codebook collapses to a few dozen
   codes in the first hundred steps. Re-initialisation stops for the last fifth of training so the codes settle.
@@ -78,6 +78,27 @@ def l2_quantize(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25):
     return quantized, codes.view(batch, -1), codebook_loss, flat.detach()
 
 
+def random_crop(pixels: torch.Tensor, size: int, step: int, generator: torch.Generator) -> torch.Tensor:
+    """A random `size` x `size` crop of each image of the batch (B, 3, H, W), at offsets on the `step`-pixel grid.
+
+    Shapes fill a small part of a world image, so crops spend the compute on them (4x fewer pixels at 32 of 64 px);
+    offsets on the code grid keep each code covering the same kind of patch as in a whole image.
+    """
+    offsets = torch.randint((pixels.shape[-1] - size) // step + 1, (len(pixels), 2), generator=generator) * step
+    return torch.stack([image[:, t : t + size, l : l + size] for image, (t, l) in zip(pixels, offsets.tolist())])
+
+
+def adaptive_gan_weight(reconstruction: torch.Tensor, gan: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """taming-transformers' balance `‖∇_w L_rec‖ / ‖∇_w L_gan‖` at the decoder's output layer `w`, detached.
+
+    Scaled by it, the adversarial gradient at the output is `gan_weight` times the reconstruction gradient, whatever
+    the discriminator's confidence; a fixed weight lets a confident discriminator paint textures into flat shapes.
+    """
+    rec_grad = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+    gan_grad = torch.autograd.grad(gan, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(max=1e4).detach()
+
+
 @dataclass
 class VQGANSettings:
     """Loss weights and optimisation of `train_vqgan`."""
@@ -91,6 +112,8 @@ class VQGANSettings:
     discriminator_channels: int = 32
     discriminator_layers: int = 3
     reinit_every: int = 25  # steps between dead-code checks; 0 disables re-initialisation
+    crop_size: int = 32  # train on random crops of this side (0: whole images) until `full_image_start`
+    full_image_start: float = 0.8  # fraction of the steps after which training sees whole images
 
 
 def train_vqgan(
@@ -114,7 +137,15 @@ def train_vqgan(
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
+    grid = 2 ** (len(config.channel_multiplier) - 1)  # pixels per code
+    if settings.crop_size % grid or settings.crop_size > images.shape[-1]:
+        raise ValueError(f"crop_size={settings.crop_size} must be a multiple of {grid} px and at most the image size.")
     vq = JanusVQVAE(config).train()
+    # transformers draws conv weights from N(0, 0.02), an init meant for fine-tuning that leaves these 3x3 convs
+    # ~4x too small; from scratch, PyTorch's default (Kaiming-uniform) init, as taming / LlamaGen use, learns far faster.
+    for module in vq.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm)):
+            module.reset_parameters()
     disc = PatchDiscriminator(3, settings.discriminator_channels, settings.discriminator_layers).train()
     opt_vq = torch.optim.AdamW(vq.parameters(), lr=settings.learning_rate, betas=(0.5, 0.9), weight_decay=0.0)
     opt_disc = torch.optim.AdamW(disc.parameters(), lr=settings.learning_rate, betas=(0.5, 0.9), weight_decay=0.0)
@@ -127,6 +158,8 @@ def train_vqgan(
     for step in tqdm(range(settings.steps), desc="ShapesWorld VQGAN", disable=not show_progress):
         index = torch.randint(len(images), (settings.batch_size,), generator=generator)
         pixels = images[index].float() / 127.5 - 1
+        if settings.crop_size and step < settings.full_image_start * settings.steps:
+            pixels = random_crop(pixels, settings.crop_size, grid, generator)
         quantized, codes, codebook_loss, latents = l2_quantize(vq, pixels)
         recon = vq.decoder(vq.post_quant_conv(quantized))
         l1 = F.l1_loss(recon, pixels)
@@ -135,7 +168,8 @@ def train_vqgan(
         use_gan = settings.gan_weight > 0 and step >= gan_step
         if use_gan:
             gan = rank_gan_generator_loss(disc(recon), torch.ones(len(recon)))  # uniform weights: a plain GAN
-            loss = loss + settings.gan_weight * gan
+            balance = adaptive_gan_weight(loss, gan, vq.decoder.conv_out.weight)
+            loss = loss + settings.gan_weight * balance * gan
             history["gan"].append(gan.item())
         opt_vq.zero_grad(set_to_none=True)
         loss.backward()

@@ -26,12 +26,13 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
+import torch.nn.functional as F
 import transformers
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
@@ -241,87 +242,100 @@ def save_open_clip(model, config: dict, folder: Path) -> None:
 # --- the stages: each trains one component, saves it, and returns it with its manifest record -----------------------
 
 
-def _train_features(s: ShapesWorldSettings, seed: int, train, evals, root: Path, progress: bool):
-    (train_scenes, train_images), (eval_scenes, eval_images) = train, evals
-    net, losses = train_attribute_net(
-        train_images, render_targets(train_scenes), s.feature_steps, s.feature_batch_size, seed=seed, show_progress=progress
-    )
+class _World:
+    """What every stage reads: train and validation scenes with their renders, uint8 (M, 3, 64, 64) (the rows
+    `make_split(split, M, seed)` holds), and their codes under the current VQ, encoded once."""
+
+    def __init__(self, settings: ShapesWorldSettings, seed: int):
+        self.train_scenes, self.train_images = _render("train", settings.num_train_images, seed)
+        self.eval_scenes, self.eval_images = _render("validation", settings.num_eval_images, seed)
+        self.eval01 = self.eval_images.float() / 255
+        self._codes: tuple | None = None
+
+    def codes(self, vq: JanusVQVAE) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (M, N) of the train and validation renders under `vq`."""
+        if self._codes is None or self._codes[0] is not vq:
+            codec = JanusVQCodec(vq)
+            self._codes = (vq, _encode(codec, self.train_images), _encode(codec, self.eval_images))
+        return self._codes[1:]
+
+
+def _train_features(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool):
+    targets = render_targets(world.train_scenes)
+    net, losses = train_attribute_net(world.train_images, targets, s.feature_steps, s.feature_batch_size, seed=seed, show_progress=progress)
     reference = FIDMetric(feature_extractor=ShapesFIDFeatures(net))
-    reference.update_real(eval_images.float() / 255)
+    reference.update_real(world.eval01)
 
     def save(folder: Path):
         net.save_pretrained(folder)
         reference.save_reference(folder / FID_REFERENCE)
 
     _save_stage(root, "features", save)
-    quality = {"train_loss": float(np.mean(losses[-20:])), "cell_accuracy": cell_accuracy(net, eval_images, render_targets(eval_scenes))}
+    quality = {
+        "train_loss": float(np.mean(losses[-20:])),
+        "cell_accuracy": cell_accuracy(net, world.eval_images, render_targets(world.eval_scenes)),
+    }
     return net, {"num_parameters": sum(p.numel() for p in net.parameters()), "quality": quality}
 
 
-def _vq_config(s: ShapesWorldSettings):
-    return tiny_janus_config(codebook_size=s.codebook_size, base_channels=s.vq_base_channels).vq_config
-
-
-def _train_vq(s: ShapesWorldSettings, seed: int, train, evals, root: Path, progress: bool, net: ShapesAttributeNet):
-    (_, train_images), (eval_scenes, eval_images) = train, evals
-    vq, log = train_vqgan(train_images, _vq_config(s), ShapesPerceptualDistance(net), s.vq, seed, progress)
+def _train_vq(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, net: ShapesAttributeNet):
+    config = tiny_janus_config(codebook_size=s.codebook_size, base_channels=s.vq_base_channels).vq_config
+    vq, log = train_vqgan(world.train_images, config, ShapesPerceptualDistance(net), s.vq, seed, progress)
     _save_stage(root, "vq", vq.save_pretrained)
-    codec = JanusVQCodec(vq)
-    train_codes = _encode(codec, train_images)
+    train_codes, eval_codes = world.codes(vq)
     counts = torch.bincount(train_codes.flatten(), minlength=s.codebook_size).double()
     probs = counts[counts > 0] / counts.sum()
-    real01, recon01 = eval_images.float() / 255, _decode(codec, _encode(codec, eval_images))
+    recon01 = _decode(JanusVQCodec(vq), eval_codes)
     quality = {
-        "recon_l1": float((recon01 - real01).abs().mean()),  # in [0, 1] pixel units
-        "codebook_usage": float((counts > 0).double().mean()),  # share of entries used by the training images
+        "recon_l1": float((recon01 - world.eval01).abs().mean()),  # in [0, 1] pixel units
+        "codebook_usage": float((counts > 0).double().mean()),  # share of entries the training images use
         "codebook_perplexity": float(torch.exp(-(probs * probs.log()).sum())),
-        "recon_shapes_eval": _shapes_eval(recon01, eval_scenes),
-        "recon_shapes_fid": _fid(net, real01, recon01) if len(real01) > 1 else None,
+        "recon_shapes_eval": _shapes_eval(recon01, world.eval_scenes),  # real renders score 1.0
+        "recon_shapes_fid": _fid(net, world.eval01, recon01),
     }
-    record = {"num_parameters": sum(p.numel() for p in vq.parameters()), "train_log": log, "quality": quality}
-    return vq, record
+    return vq, {"num_parameters": sum(p.numel() for p in vq.parameters()), "train_log": log, "quality": quality}
 
 
-def _train_clip(s: ShapesWorldSettings, seed: int, train, evals, root: Path, progress: bool, vq: JanusVQVAE):
-    (train_scenes, train_images), (eval_scenes, eval_images) = train, evals
-    codec = JanusVQCodec(vq)
-    # The reward scores decoded images, so the CLIP sees VQ reconstructions beside the clean renders.
-    recon = (_decode(codec, _encode(codec, train_images)) * 255).round().to(torch.uint8)
-    images, captions = torch.cat([train_images, recon]), [scene.prompt for scene in train_scenes] * 2
+def _train_clip(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, vq: JanusVQVAE):
+    codec, (train_codes, eval_codes) = JanusVQCodec(vq), world.codes(vq)
+    # The reward scores decoded images, so the CLIP also sees VQ reconstructions of its training renders.
+    recon = (_decode(codec, train_codes) * 255).round().to(torch.uint8)
+    captions = [scene.prompt for scene in world.train_scenes]
     config = shapes_clip_config(s.clip_embed_dim)
     model, log = train_shapes_clip(
-        images, captions, config, s.clip_steps, s.clip_batch_size, s.clip_learning_rate, seed, progress
+        torch.cat([world.train_images, recon]), captions * 2, config, s.clip_steps, s.clip_batch_size,
+        s.clip_learning_rate, seed, progress,
     )
     _save_stage(root, "clip", lambda folder: save_open_clip(model, config, folder))
-    eval_captions = [scene.prompt for scene in eval_scenes]
-    eval_recon = _decode(codec, _encode(codec, eval_images))
+    eval_captions = [scene.prompt for scene in world.eval_scenes]
     quality = {
-        "retrieval_top1": clip_retrieval_accuracy(model, eval_images.float() / 255, eval_captions),
-        "retrieval_top1_on_recon": clip_retrieval_accuracy(model, eval_recon, eval_captions),
-        "retrieval_chance": 1.0 / max(1, len(set(eval_captions))),
+        "retrieval_top1": clip_retrieval_accuracy(model, world.eval01, eval_captions),
+        "retrieval_top1_on_recon": clip_retrieval_accuracy(model, _decode(codec, eval_codes), eval_captions),
+        "retrieval_chance": 1.0 / len(set(eval_captions)),
     }
     return model, {"num_parameters": sum(p.numel() for p in model.parameters()), "train_log": log, "quality": quality}
 
 
-def _train_policy(s, seed: int, train, evals, root: Path, progress: bool, net: ShapesAttributeNet, vq: JanusVQVAE):
-    (train_scenes, train_images), (eval_scenes, eval_images) = train, evals
-    codec = JanusVQCodec(vq)
+def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: ShapesAttributeNet, vq: JanusVQVAE):
     model = build_tiny_janus(
-        seed=seed, hidden_size=s.policy_hidden_size, num_layers=s.policy_num_layers, codebook_size=s.codebook_size,
+        seed=seed,
+        hidden_size=s.policy_hidden_size,
+        num_layers=s.policy_num_layers,
+        codebook_size=s.codebook_size,
         base_channels=s.vq_base_channels,
     )
     model.model.vqmodel.load_state_dict(vq.state_dict())
-    with torch.no_grad():  # (ours) start the code embeddings at the tokenizer's unit-norm codebook
-        model.model.generation_embeddings.weight.copy_(torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1))
+    with torch.no_grad():  # (ours) code embeddings start at the tokenizer's unit-norm codebook, not at noise
+        model.model.generation_embeddings.weight.copy_(F.normalize(vq.quantize.embedding.weight, dim=-1))
     processor = build_tiny_janus_processor()
     policy = JanusPolicy(processor, model)
-    sft = ImageTokenSFT(policy, model, ImageTokenSFTConfig(**{**asdict(s.sft), "seed": seed, "show_progress": progress}))
-    losses = sft.train([scene.prompt for scene in train_scenes], _encode(codec, train_images))
-    eval_prompts = [scene.prompt for scene in eval_scenes]
-    eval_nll = sft.evaluate(eval_prompts, _encode(codec, eval_images))
+    sft = ImageTokenSFT(policy, model, replace(s.sft, seed=seed, show_progress=progress))
+    train_codes, eval_codes = world.codes(vq)
+    losses = sft.train([scene.prompt for scene in world.train_scenes], train_codes)
+    eval_prompts = [scene.prompt for scene in world.eval_scenes]
     generator = torch.Generator().manual_seed(seed)
-    codes = policy.sample(model, policy.encode_prompts(eval_prompts), guidance_scale=s.eval_guidance_scale, generator=generator)
-    samples01 = _decode(sft.codec, codes)
+    prompts = policy.encode_prompts(eval_prompts)
+    samples01 = _decode(sft.codec, policy.sample(model, prompts, guidance_scale=s.eval_guidance_scale, generator=generator))
 
     def save(folder: Path):
         with policy.codec_attached(model, sft.codec):
@@ -331,12 +345,12 @@ def _train_policy(s, seed: int, train, evals, root: Path, progress: bool, net: S
     _save_stage(root, "policy", save)
     quality = {
         "sft_train_loss": float(np.mean(losses[-max(1, len(losses) // 20) :])),  # nats per code, with prompt dropout
-        "sft_eval_loss": eval_nll,  # nats per code on validation codes, no dropout; uniform would be log K
+        "sft_eval_loss": sft.evaluate(eval_prompts, eval_codes),  # validation, no dropout; uniform is log K
         "samples_guidance_scale": s.eval_guidance_scale,
-        "samples_shapes_eval": _shapes_eval(samples01, eval_scenes),
-        "samples_shapes_fid": _fid(net, eval_images.float() / 255, samples01) if len(samples01) > 1 else None,
+        "samples_shapes_eval": _shapes_eval(samples01, world.eval_scenes),
+        "samples_shapes_fid": _fid(net, world.eval01, samples01),
     }
-    return model, {"num_parameters": sum(p.numel() for p in model.parameters()), "quality": quality}
+    return model, {"num_parameters_without_vq": sum(p.numel() for p in model.parameters()), "quality": quality}
 
 
 # --- preparation, manifest and loading ------------------------------------------------------------------------------
@@ -403,14 +417,13 @@ def prepare_shapes_world(
         "sizes": {"num_train_images": settings.num_train_images, "num_eval_images": settings.num_eval_images},
         "stages": {stage: record for stage, record in (manifest or {}).get("stages", {}).items() if stage in STAGES[:first]},
     }
-    train = _render("train", settings.num_train_images, seed)
-    evals = _render("validation", settings.num_eval_images, seed)
-    args = (settings, seed, train, evals, root, show_progress)
+    start = time.perf_counter()
+    args = (settings, seed, _World(settings, seed), root, show_progress)
 
     def run(stage: str, trainer, *extra):
-        start = time.perf_counter()
+        stage_start = time.perf_counter()
         component, record = trainer(*args, *extra)
-        manifest["stages"][stage] = {**record, "wall_s": round(time.perf_counter() - start, 1)}
+        manifest["stages"][stage] = {**record, "wall_s": round(time.perf_counter() - stage_start, 1)}
         _write_manifest(root, manifest)  # after each stage, so an interrupted run keeps what is done
         return component
 
@@ -419,6 +432,7 @@ def prepare_shapes_world(
     if first <= 2:
         run("clip", _train_clip, vq)
     run("policy", _train_policy, net, vq)
+    manifest["wall_s_this_call"] = round(time.perf_counter() - start, 1)  # stages run here, data and loading
     manifest["total_wall_s"] = round(sum(record["wall_s"] for record in manifest["stages"].values()), 1)
     _write_manifest(root, manifest)
     return str(root)
