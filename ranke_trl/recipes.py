@@ -29,7 +29,10 @@ class RecipeArguments:
 
     model_name_or_path: str = field(
         default="deepseek-community/Janus-Pro-1B",
-        metadata={"help": "Policy: a Hub id or local directory of a Janus checkpoint, or 'tiny' (random, offline)."},
+        metadata={
+            "help": "Policy: a Hub id or local directory of a Janus checkpoint, 'shapes' (ShapesWorld's SFT'd policy, "
+            "prepared offline on first use) or 'tiny' (random, offline)."
+        },
     )
     dataset_name: str = field(
         default="tiny",
@@ -150,8 +153,13 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[RecipeArguments, RankEC
 def build_policy(script_args: RecipeArguments, config: RankEConfig):
     """The policy to hand to the trainer: `(model_or_path, processing_class_or_None)`.
 
-    'tiny' builds a random tiny Janus offline; anything else is a Hub id or local directory the trainer loads.
+    'tiny' builds a random tiny Janus offline; 'shapes' is ShapesWorld's SFT'd policy (prepared and cached on first
+    use, see examples/prepare_shapes_world.py); anything else is a Hub id or local directory the trainer loads.
     """
+    if script_args.model_name_or_path == "shapes":
+        from .world.pretrain import shapes_policy_path
+
+        return shapes_policy_path(), None
     if script_args.model_name_or_path == "tiny":
         from .distributed import zero3_init_disabled
         from .tiny import build_tiny_janus, build_tiny_janus_processor
