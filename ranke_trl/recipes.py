@@ -37,8 +37,8 @@ class RecipeArguments:
     dataset_name: str = field(
         default="tiny",
         metadata={
-            "help": "Prompt dataset: a Hub id, a local `datasets` directory, a .json/.jsonl/.csv/.parquet file, or "
-            "'tiny' (a few procedural prompt/image pairs, offline)."
+            "help": "Prompt dataset: a Hub id, a local `datasets` directory, a .json/.jsonl/.csv/.parquet file, "
+            "'shapes' (ShapesWorld, generated offline) or 'tiny' (64 ShapesWorld rows)."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
