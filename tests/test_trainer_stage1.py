@@ -197,3 +197,15 @@ def test_shift_diagnostics_use_corpus_codes_when_images_exist(tmp_path, tiny_jan
     logged = trainer.state.log_history[0]
     assert logged["shift/token_kl_bits"] > 0
     assert (tmp_path / "gt_code_stats.safetensors").exists()
+
+
+def test_sample_grid_reaches_tensorboard(tmp_path, tiny_janus, tiny_processor):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1, report_to=["tensorboard"])
+    trainer.train()
+    event_file = next(tmp_path.glob("**/events.out.tfevents.*"))
+    events = EventAccumulator(str(event_file.parent), size_guidance={"images": 0})
+    events.Reload()
+    assert "samples" in events.Tags()["images"]
+    assert "rewards/redness/mean" in {t.split("train/")[-1] for t in events.Tags()["scalars"]}
