@@ -23,6 +23,7 @@ GRPO on the image-token policy, alternating with co-evolution of the VQ decoder 
 | mode | {mode} |
 | reward(s) | {rewards} |
 | training steps | {steps} (decoder phases: {phases}) |
+| rollouts | CFG {guidance}, temperature {temperature}, top-p {top_p}, top-k {top_k}; log-probs score the {logprob_mode} distribution |
 | dataset | {dataset} |
 
 ## Final metrics
@@ -88,6 +89,11 @@ def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) 
         steps=trainer.state.global_step,
         phases=getattr(trainer, "_decoder_phases", 0),
         dataset=dataset_name or "see training arguments",
+        guidance=args.guidance_scale,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        logprob_mode=args.logprob_mode,
         metrics=metrics,
         repo=args.hub_model_id or output_dir,
     )

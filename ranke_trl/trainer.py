@@ -172,13 +172,14 @@ class RankEGRPOTrainer(GRPOTrainer):
                 device=self.accelerator.device,
             )
             self.add_callback(DecoderPhaseCallback(self))
-        logger.info(
-            "RankE: %d image tokens per rollout, codebook %d, CFG %.2f, log-probs score the %s distribution.",
-            self.policy.num_image_tokens,
-            self.policy.codebook_size,
-            args.guidance_scale,
-            args.logprob_mode,
-        )
+        if self.accelerator.is_main_process:  # the scored distribution is a modelling choice: say it where it shows
+            print(
+                f"RankE: {self.policy.num_image_tokens} image tokens per rollout, codebook {self.policy.codebook_size}, "
+                f"CFG {args.guidance_scale:g}; GRPO log-probs score the {args.logprob_mode} distribution "
+                f"({'CFG-combined' if args.logprob_mode == 'guided' else 'conditional branch'}, temperature "
+                f"{args.temperature:g}, before top-k/top-p truncation). Modes: policy {'on' if args.train_policy else 'off'}, "
+                f"decoder {'on' if args.train_decoder else 'off'}."
+            )
         self._last_rollouts = None  # (images (B,3,H,W) in [0,1], prompts) of the latest batch, for image logging
         self._shift_diagnostics = None
         self._corpus_codes = None
