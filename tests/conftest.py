@@ -7,6 +7,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
 os.environ.setdefault("WANDB_MODE", "disabled")
+# Tiny models run several times faster on one thread than on two (contended) cores; subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -39,15 +39,6 @@ class BlackBoxReward:
     is_differentiable = False
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny convolutions run several times faster on one thread than on two contended cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base_vq():
     from ranke_trl.tiny import build_tiny_janus

@@ -30,15 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = str(REPO / "recipes" / "eval_tiny.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny model runs many times faster on one thread than on two contended cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(policy_dir, output_dir, *overrides):
     """Evaluate with the tiny recipe, 3 shapes prompts x 2 images, and the given `--key value` overrides."""
     argv = ["--recipe", TINY_RECIPE, "--policy_name_or_path", str(policy_dir), "--output_dir", str(output_dir),

@@ -17,15 +17,6 @@ from ranke_trl.recipes import build_peft_config, parse_recipe
 from ranke_trl.rewards import CLIPReward
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models run faster on one thread than on two contended cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _dataset(n=8):
     colours = ["red", "blue", "green", "yellow"]
     return Dataset.from_dict(

@@ -15,15 +15,6 @@ from ranke_trl.policy.janus import JanusVQCodec
 from ranke_trl.rollout_buffer import RolloutBuffer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models run faster on one thread than on two contended cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def saved_bytes(fn) -> tuple[int, object]:
     """Bytes of the tensors autograd keeps for the backward pass while `fn()` runs, and `fn()`'s result."""
     total = 0
