@@ -78,16 +78,6 @@ def l2_quantize(vq: JanusVQVAE, pixels: torch.Tensor, beta: float = 0.25):
     return quantized, codes.view(batch, -1), codebook_loss, flat.detach()
 
 
-def random_crop(pixels: torch.Tensor, size: int, step: int, generator: torch.Generator) -> torch.Tensor:
-    """A random `size` x `size` crop of each image of the batch (B, 3, H, W), at offsets on the `step`-pixel grid.
-
-    Shapes fill a small part of a world image, so crops spend the compute on them (4x fewer pixels at 32 of 64 px);
-    offsets on the code grid keep each code covering the same kind of patch as in a whole image.
-    """
-    offsets = torch.randint((pixels.shape[-1] - size) // step + 1, (len(pixels), 2), generator=generator) * step
-    return torch.stack([image[:, t : t + size, l : l + size] for image, (t, l) in zip(pixels, offsets.tolist())])
-
-
 def adaptive_gan_weight(reconstruction: torch.Tensor, gan: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
     """taming-transformers' balance `‖∇_w L_rec‖ / ‖∇_w L_gan‖` at the decoder's output layer `w`, detached.
 
@@ -103,7 +93,7 @@ def adaptive_gan_weight(reconstruction: torch.Tensor, gan: torch.Tensor, last_la
 class VQGANSettings:
     """Loss weights and optimisation of `train_vqgan`."""
 
-    steps: int = 600
+    steps: int = 800
     batch_size: int = 32
     learning_rate: float = 1e-3
     perceptual_weight: float = 1.0
@@ -112,8 +102,6 @@ class VQGANSettings:
     discriminator_channels: int = 32
     discriminator_layers: int = 3
     reinit_every: int = 25  # steps between dead-code checks; 0 disables re-initialisation
-    crop_size: int = 32  # train on random crops of this side (0: whole images) until `full_image_start`
-    full_image_start: float = 0.8  # fraction of the steps after which training sees whole images
 
 
 def train_vqgan(
@@ -137,9 +125,9 @@ def train_vqgan(
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    grid = 2 ** (len(config.channel_multiplier) - 1)  # pixels per code
-    if settings.crop_size % grid or settings.crop_size > images.shape[-1]:
-        raise ValueError(f"crop_size={settings.crop_size} must be a multiple of {grid} px and at most the image size.")
+    side = config.num_patches * 2 ** (len(config.channel_multiplier) - 1)
+    if images.shape[1:] != (3, side, side) or images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (M, 3, {side}, {side}) for this VQ config, got {images.dtype} {tuple(images.shape)}.")
     vq = JanusVQVAE(config).train()
     # transformers draws conv weights from N(0, 0.02), an init meant for fine-tuning that leaves these 3x3 convs
     # ~4x too small; from scratch, PyTorch's default (Kaiming-uniform) init, as taming / LlamaGen use, learns far faster.
@@ -158,8 +146,6 @@ def train_vqgan(
     for step in tqdm(range(settings.steps), desc="ShapesWorld VQGAN", disable=not show_progress):
         index = torch.randint(len(images), (settings.batch_size,), generator=generator)
         pixels = images[index].float() / 127.5 - 1
-        if settings.crop_size and step < settings.full_image_start * settings.steps:
-            pixels = random_crop(pixels, settings.crop_size, grid, generator)
         quantized, codes, codebook_loss, latents = l2_quantize(vq, pixels)
         recon = vq.decoder(vq.post_quant_conv(quantized))
         l1 = F.l1_loss(recon, pixels)

@@ -64,13 +64,13 @@ class ShapesWorldSettings:
 
     num_train_images: int = 4000
     num_eval_images: int = 256
-    feature_steps: int = 600
+    feature_steps: int = 400
     feature_batch_size: int = 64
     codebook_size: int = 256
     vq_base_channels: int = 32
     vq: VQGANSettings = field(default_factory=VQGANSettings)
     clip_embed_dim: int = 64
-    clip_steps: int = 1000
+    clip_steps: int = 500
     clip_batch_size: int = 128
     clip_learning_rate: float = 1e-3
     policy_hidden_size: int = 128
