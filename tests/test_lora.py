@@ -6,25 +6,13 @@ import logging
 
 import pytest
 import torch
-from datasets import Dataset
-from datasets import Image as ImageFeature
 from peft import LoraConfig, PeftModel
-from PIL import Image
 from transformers import JanusVQVAE, TrainerCallback
 
 from ranke_trl import RankEConfig, RankEGRPOTrainer
+from tiny_data import colour_squares
 from ranke_trl.recipes import build_peft_config, parse_recipe
 from ranke_trl.rewards import CLIPReward
-
-
-def _dataset(n=8):
-    colours = ["red", "blue", "green", "yellow"]
-    return Dataset.from_dict(
-        {
-            "prompt": [f"a {colours[i % 4]} square" for i in range(n)],
-            "image": [Image.new("RGB", (64, 64), colours[i % 4]) for i in range(n)],
-        }
-    ).cast_column("image", ImageFeature())
 
 
 def _args(tmp_path, **overrides):
@@ -44,7 +32,7 @@ def _lora(**overrides):
 
 def _trainer(tmp_path, model, processor, peft_config=None, **overrides):
     return RankEGRPOTrainer(
-        model=model, reward_funcs=[CLIPReward.tiny()], args=_args(tmp_path, **overrides), train_dataset=_dataset(),
+        model=model, reward_funcs=[CLIPReward.tiny()], args=_args(tmp_path, **overrides), train_dataset=colour_squares(),
         processing_class=processor, peft_config=peft_config or _lora(),
     )
 

@@ -6,21 +6,10 @@ from unittest import mock
 import pytest
 import torch
 from datasets import Dataset
-from datasets import Image as ImageFeature
-from PIL import Image
 
 from ranke_trl import RankEConfig, RankEGRPOTrainer
+from tiny_data import colour_squares
 from ranke_trl.rewards import CLIPReward
-
-
-def _dataset(n=8):
-    colours = ["red", "blue", "green", "yellow"]
-    return Dataset.from_dict(
-        {
-            "prompt": [f"a {colours[i % 4]} square" for i in range(n)],
-            "image": [Image.new("RGB", (64, 64), colours[i % 4]) for i in range(n)],
-        }
-    ).cast_column("image", ImageFeature())
 
 
 def _args(tmp_path, **overrides):
@@ -52,7 +41,7 @@ def _trainer(tmp_path, model, processor, reward=None, dataset=None, **overrides)
         model=model,
         reward_funcs=[reward or CLIPReward.tiny()],
         args=_args(tmp_path, **overrides),
-        train_dataset=dataset if dataset is not None else _dataset(),
+        train_dataset=dataset if dataset is not None else colour_squares(),
         processing_class=processor,
     )
 
