@@ -25,6 +25,7 @@ setup(
         "huggingface_hub",
         "pyyaml",
         "tqdm",
+        "filelock",
         "pillow",
         "scipy",
     ],

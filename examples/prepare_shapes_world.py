@@ -17,7 +17,8 @@ from ranke_trl.world.pretrain import CACHE_ENV, prepare_shapes_world, read_manif
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache_dir", default=None, help=f"Cache folder (default: ${CACHE_ENV} or {shapes_cache_dir()}).")
+    default = f"${CACHE_ENV} or {shapes_cache_dir()}"
+    parser.add_argument("--cache_dir", default=None, help=f"Cache folder (default: {default}).")
     parser.add_argument("--tiny", action="store_true", help="Seconds-long training of small models, for tests.")
     parser.add_argument("--seed", type=int, default=0, help="Seeds the data, initialisations and batch orders.")
     parser.add_argument("--force", action="store_true", help="Retrain everything, replacing the cache.")

@@ -106,11 +106,12 @@ class ImageTokenSFT:
         self.config = config or ImageTokenSFTConfig()
         self.codec: VQCodec = policy.prepare_for_training(model)
         params = [p for p in model.parameters() if p.requires_grad]
+        config = self.config
         self.optimizer = torch.optim.AdamW(
-            params, lr=self.config.learning_rate, betas=(0.9, self.config.adam_beta2), weight_decay=self.config.weight_decay
+            params, lr=config.learning_rate, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay
         )
-        steps = max(1, self.config.num_train_steps)
-        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(self.config.warmup_ratio * steps), steps)
+        steps = max(1, config.num_train_steps)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, math.ceil(config.warmup_ratio * steps), steps)
         self.generator = torch.Generator().manual_seed(self.config.seed)
 
     @property
@@ -145,7 +146,8 @@ class ImageTokenSFT:
         """`config.num_train_steps` steps over shuffled epochs of the pairs; returns the per-step losses."""
         self._check(prompts, codes)
         size, order, losses = min(self.config.batch_size, len(prompts)), torch.empty(0, dtype=torch.long), []
-        progress = tqdm(range(self.config.num_train_steps), desc="image-token SFT", disable=not self.config.show_progress)
+        steps = range(self.config.num_train_steps)
+        progress = tqdm(steps, desc="image-token SFT", disable=not self.config.show_progress)
         for _ in progress:
             if len(order) < size:
                 order = torch.cat([order, torch.randperm(len(prompts), generator=self.generator)])

@@ -16,7 +16,8 @@ def policy(tiny_janus, tiny_processor):
 
 @pytest.fixture
 def codes(policy):
-    return torch.randint(policy.codebook_size, (len(PROMPTS), policy.num_image_tokens), generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(policy.codebook_size, (len(PROMPTS), policy.num_image_tokens), generator=generator)
 
 
 def _sft(policy, model, **overrides):

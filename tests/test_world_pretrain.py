@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def _refuse_training(monkeypatch):
 
 
 def test_preparation_writes_a_manifest_with_seed_command_versions_times_and_quality(cache):
-    manifest = json.loads((pretrain.Path(cache) / "manifest.json").read_text())
+    manifest = json.loads((Path(cache) / "manifest.json").read_text())
     assert manifest["identity"]["seed"] == 0 and manifest["identity"]["tiny"] is True
     assert manifest["command"] and "prepare_shapes_world(" in manifest["call"]
     assert {"torch", "transformers", "open_clip"} <= set(manifest["versions"])
@@ -36,7 +37,9 @@ def test_preparation_writes_a_manifest_with_seed_command_versions_times_and_qual
     assert all(record["wall_s"] >= 0 for record in manifest["stages"].values())
     assert {"recon_l1", "codebook_usage", "recon_shapes_eval"} <= set(manifest["stages"]["vq"]["quality"])
     assert {"retrieval_top1", "retrieval_chance"} <= set(manifest["stages"]["clip"]["quality"])
-    assert {"sft_train_loss", "samples_shapes_eval", "samples_shapes_fid"} <= set(manifest["stages"]["policy"]["quality"])
+    policy_quality = manifest["stages"]["policy"]["quality"]
+    assert {"sft_train_loss", "samples_shapes_eval", "samples_shapes_fid"} <= set(policy_quality)
+    assert manifest["quality"]["vq_recon_l1"] == manifest["stages"]["vq"]["quality"]["recon_l1"]
 
 
 def test_policy_and_processor_load_with_from_pretrained_and_hold_the_trained_vq(cache):
@@ -83,10 +86,10 @@ def test_shapes_fid_loads_its_reference_and_scores_images(cache):
 
 
 def test_a_second_call_reuses_the_cache_without_training(cache, monkeypatch):
-    before = (pretrain.Path(cache) / "manifest.json").read_text()
+    before = (Path(cache) / "manifest.json").read_text()
     _refuse_training(monkeypatch)
     assert pretrain.prepare_shapes_world(cache, tiny=True, show_progress=False) == cache
-    assert (pretrain.Path(cache) / "manifest.json").read_text() == before
+    assert (Path(cache) / "manifest.json").read_text() == before
 
 
 def test_a_missing_stage_is_retrained_from_the_stages_before_it(cache, tmp_path, monkeypatch):

@@ -119,7 +119,9 @@ class ShapesFIDFeatures(nn.Module):
         return self.net.features(images01.float() * 2 - 1)
 
 
-def augment(pixels: torch.Tensor, generator: torch.Generator, max_sigma: float = 1.5, noise: float = 0.05) -> torch.Tensor:
+def augment(
+    pixels: torch.Tensor, generator: torch.Generator, max_sigma: float = 1.5, noise: float = 0.05
+) -> torch.Tensor:
     """Blur half the batch (one Gaussian sigma in (0, max_sigma] per call) and add Gaussian noise; [-1, 1] in and out.
 
     Decoded images are blurred and noisy renders, so the classifier, and with it ShapesFID, must read those too.

@@ -127,10 +127,13 @@ def train_vqgan(
     generator = torch.Generator().manual_seed(seed)
     side = config.num_patches * 2 ** (len(config.channel_multiplier) - 1)
     if images.shape[1:] != (3, side, side) or images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (M, 3, {side}, {side}) for this VQ config, got {images.dtype} {tuple(images.shape)}.")
+        raise ValueError(
+            f"images must be uint8 (M, 3, {side}, {side}) for this VQ config, got {images.dtype} {tuple(images.shape)}."
+        )
     vq = JanusVQVAE(config).train()
-    # transformers draws conv weights from N(0, 0.02), an init meant for fine-tuning that leaves these 3x3 convs
-    # ~4x too small; from scratch, PyTorch's default (Kaiming-uniform) init, as taming / LlamaGen use, learns far faster.
+    # transformers draws conv weights from N(0, 0.02), an init meant for fine-tuning that leaves these 3x3 convs ~4x
+    # too small; from scratch, PyTorch's default (Kaiming-uniform) init, as taming / LlamaGen use, learns far faster
+    # (ShapesEval on reconstructions after 500 steps: 15-30% with the former, 67% with the latter).
     for module in vq.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear, nn.GroupNorm)):
             module.reset_parameters()

@@ -3,12 +3,13 @@
 `prepare_shapes_world()` trains what the cache lacks, in this order, and saves each with `save_pretrained`-style
 files, so it loads through the same code as a Hub model:
 
-| folder     | what                                                             | loads with                                  |
-|------------|------------------------------------------------------------------|---------------------------------------------|
-| `features` | attribute classifier: ShapesFID features, perceptual loss        | `ShapesAttributeNet.from_pretrained`        |
-| `vq`       | the VQ tokenizer (Janus VQ architecture), trained as a VQGAN     | `JanusVQVAE.from_pretrained`                |
-| `clip`     | a CLIP trained contrastively on (image, caption): `shapes_clip`  | `CLIPReward("local-dir:<cache>/clip")`      |
-| `policy`   | a tiny Janus after image-token SFT on the VQ's codes, VQ inside  | `JanusForConditionalGeneration` / `AutoProcessor.from_pretrained` |
+- `features/`: the attribute classifier behind ShapesFID and the perceptual loss (`features.py`);
+  `ShapesAttributeNet.from_pretrained`.
+- `vq/`: the VQ tokenizer, Janus's VQ architecture trained as a VQGAN (`perceptual.py`); `JanusVQVAE.from_pretrained`.
+- `clip/`: an open_clip CLIP trained contrastively on (image, caption) pairs, the `shapes_clip` reward;
+  `CLIPReward("local-dir:<cache>/clip", pretrained=None)`.
+- `policy/`: a tiny Janus after image-token SFT (`ranke_trl.sft`) on the VQ's codes, with the VQ inside and its
+  processor; `JanusForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained`.
 
 `features/shapes_fid_reference.safetensors` holds ShapesFID statistics of real validation images
 (`FIDMetric.load_reference`). `manifest.json` records the seed, command, versions, sizes, wall times and quality.
@@ -34,10 +35,11 @@ import open_clip
 import torch
 import torch.nn.functional as F
 import transformers
+from filelock import FileLock
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers import JanusForConditionalGeneration, JanusVQVAE, get_cosine_schedule_with_warmup
+from transformers import JanusVQVAE, get_cosine_schedule_with_warmup
 
 from ..evaluation.fid import FIDMetric
 from ..policy.janus import JanusPolicy, JanusVQCodec
@@ -62,7 +64,7 @@ FID_REFERENCE = "shapes_fid_reference.safetensors"
 class ShapesWorldSettings:
     """Data sizes, model sizes and training steps of one preparation (`FULL` or `TINY`)."""
 
-    num_train_images: int = 4000
+    num_train_images: int = 8000
     num_eval_images: int = 256
     feature_steps: int = 400
     feature_batch_size: int = 64
@@ -70,15 +72,16 @@ class ShapesWorldSettings:
     vq_base_channels: int = 32
     vq: VQGANSettings = field(default_factory=VQGANSettings)
     clip_embed_dim: int = 64
-    clip_steps: int = 500
+    clip_steps: int = 700
     clip_batch_size: int = 128
     clip_learning_rate: float = 1e-3
     policy_hidden_size: int = 128
     policy_num_layers: int = 4
     sft: ImageTokenSFTConfig = field(
-        default_factory=lambda: ImageTokenSFTConfig(num_train_steps=600, batch_size=64, learning_rate=1e-3)
+        default_factory=lambda: ImageTokenSFTConfig(num_train_steps=2500, batch_size=32, learning_rate=2e-3)
     )
-    eval_guidance_scale: float = 3.0
+    eval_guidance_scale: float = 3.0  # samples for the manifest's figures: CFG 3, temperature 1, top-p 0.9
+    eval_top_p: float = 0.9
 
 
 FULL = ShapesWorldSettings()
@@ -142,7 +145,8 @@ def _decode(codec: JanusVQCodec, codes: torch.Tensor, batch_size: int = 64) -> t
 @torch.no_grad()
 def _encode(codec: JanusVQCodec, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """uint8 images (M, 3, 64, 64) -> codes (M, N) by the L2-normalised lookup."""
-    return torch.cat([codec.encode(images[i : i + batch_size].float() / 127.5 - 1) for i in range(0, len(images), batch_size)])
+    chunks = [images[i : i + batch_size].float() / 127.5 - 1 for i in range(0, len(images), batch_size)]
+    return torch.cat([codec.encode(chunk) for chunk in chunks])
 
 
 def _fid(net: ShapesAttributeNet, real01: torch.Tensor, fake01: torch.Tensor) -> float:
@@ -154,7 +158,8 @@ def _fid(net: ShapesAttributeNet, real01: torch.Tensor, fake01: torch.Tensor) ->
 
 def _shapes_eval(images01: torch.Tensor, scenes) -> dict:
     summary = summarize(ShapesEval().evaluate_batch(images01, [scene.metadata for scene in scenes]))
-    return {"accuracy": summary["image_accuracy"], "mean_score": summary["mean_score"], "per_family": summary["per_family"]}
+    names = {"accuracy": "image_accuracy", "mean_score": "mean_score", "per_family": "per_family"}
+    return {key: summary[name] for key, name in names.items()}
 
 
 # --- the CLIP reward: open_clip trained contrastively on world pairs ------------------------------------------------
@@ -236,7 +241,8 @@ def save_open_clip(model, config: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
     preprocess = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)}  # what training normalised with
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config, "preprocess_cfg": preprocess}, indent=2))
+    config_file = {"model_cfg": config, "preprocess_cfg": preprocess}
+    (folder / "open_clip_config.json").write_text(json.dumps(config_file, indent=2))
 
 
 # --- the stages: each trains one component, saves it, and returns it with its manifest record -----------------------
@@ -262,7 +268,9 @@ class _World:
 
 def _train_features(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool):
     targets = render_targets(world.train_scenes)
-    net, losses = train_attribute_net(world.train_images, targets, s.feature_steps, s.feature_batch_size, seed=seed, show_progress=progress)
+    net, losses = train_attribute_net(
+        world.train_images, targets, s.feature_steps, s.feature_batch_size, seed=seed, show_progress=progress
+    )
     reference = FIDMetric(feature_extractor=ShapesFIDFeatures(net))
     reference.update_real(world.eval01)
 
@@ -335,7 +343,8 @@ def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: 
     eval_prompts = [scene.prompt for scene in world.eval_scenes]
     generator = torch.Generator().manual_seed(seed)
     prompts = policy.encode_prompts(eval_prompts)
-    samples01 = _decode(sft.codec, policy.sample(model, prompts, guidance_scale=s.eval_guidance_scale, generator=generator))
+    codes = policy.sample(model, prompts, guidance_scale=s.eval_guidance_scale, top_p=s.eval_top_p, generator=generator)
+    samples01 = _decode(sft.codec, codes)
 
     def save(folder: Path):
         with policy.codec_attached(model, sft.codec):
@@ -347,6 +356,7 @@ def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: 
         "sft_train_loss": float(np.mean(losses[-max(1, len(losses) // 20) :])),  # nats per code, with prompt dropout
         "sft_eval_loss": sft.evaluate(eval_prompts, eval_codes),  # validation, no dropout; uniform is log K
         "samples_guidance_scale": s.eval_guidance_scale,
+        "samples_top_p": s.eval_top_p,
         "samples_shapes_eval": _shapes_eval(samples01, world.eval_scenes),
         "samples_shapes_fid": _fid(net, world.eval01, samples01),
     }
@@ -388,7 +398,14 @@ def prepare_shapes_world(
             `cache_dir`.
     """
     root = shapes_cache_dir(cache_dir, tiny)
-    settings = TINY if tiny else FULL
+    root.mkdir(parents=True, exist_ok=True)
+    # One preparer at a time: under `accelerate launch` every rank asks for the cache, and the others must wait
+    # for it rather than train their own copy.
+    with FileLock(str(root / ".prepare.lock")):
+        return _prepare(root, TINY if tiny else FULL, tiny, seed, force, show_progress)
+
+
+def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, force: bool, show_progress: bool) -> str:
     identity = _identity(settings, seed, tiny)
     manifest = None if force else read_manifest(root)
     if manifest is not None and manifest.get("identity") != identity:
@@ -401,7 +418,6 @@ def prepare_shapes_world(
     if not todo:
         return str(root)
     first = STAGES.index(todo[0])
-    root.mkdir(parents=True, exist_ok=True)
     manifest = {
         "format": MANIFEST_FORMAT,
         "identity": identity,
@@ -415,7 +431,7 @@ def prepare_shapes_world(
             "torch_threads": torch.get_num_threads(),
         },
         "sizes": {"num_train_images": settings.num_train_images, "num_eval_images": settings.num_eval_images},
-        "stages": {stage: record for stage, record in (manifest or {}).get("stages", {}).items() if stage in STAGES[:first]},
+        "stages": {stage: (manifest or {})["stages"][stage] for stage in STAGES[:first]},
     }
     start = time.perf_counter()
     args = (settings, seed, _World(settings, seed), root, show_progress)
@@ -423,7 +439,9 @@ def prepare_shapes_world(
     def run(stage: str, trainer, *extra):
         stage_start = time.perf_counter()
         component, record = trainer(*args, *extra)
-        manifest["stages"][stage] = {**record, "wall_s": round(time.perf_counter() - stage_start, 1)}
+        disk = sum(f.stat().st_size for f in (root / stage).rglob("*") if f.is_file())
+        wall = round(time.perf_counter() - stage_start, 1)
+        manifest["stages"][stage] = {**record, "disk_mb": round(disk / 2**20, 2), "wall_s": wall}
         _write_manifest(root, manifest)  # after each stage, so an interrupted run keeps what is done
         return component
 
@@ -434,8 +452,27 @@ def prepare_shapes_world(
     run("policy", _train_policy, net, vq)
     manifest["wall_s_this_call"] = round(time.perf_counter() - start, 1)  # stages run here, data and loading
     manifest["total_wall_s"] = round(sum(record["wall_s"] for record in manifest["stages"].values()), 1)
+    manifest["quality"] = _headline(manifest["stages"])
     _write_manifest(root, manifest)
     return str(root)
+
+
+def _headline(stages: dict) -> dict:
+    """The figures that say whether the world is usable for RL, gathered from the stage records."""
+    vq, clip, policy = (stages[name]["quality"] for name in ("vq", "clip", "policy"))
+    return {
+        "feature_net_cell_accuracy": stages["features"]["quality"]["cell_accuracy"],
+        "vq_recon_l1": vq["recon_l1"],
+        "vq_codebook_usage": vq["codebook_usage"],
+        "vq_recon_shapes_eval_accuracy": vq["recon_shapes_eval"]["accuracy"],
+        "vq_recon_shapes_fid": vq["recon_shapes_fid"],
+        "clip_retrieval_top1": clip["retrieval_top1"],
+        "clip_retrieval_chance": clip["retrieval_chance"],
+        "sft_eval_loss": policy["sft_eval_loss"],
+        "sft_samples_shapes_eval_accuracy": policy["samples_shapes_eval"]["accuracy"],
+        "sft_samples_shapes_eval_mean_score": policy["samples_shapes_eval"]["mean_score"],
+        "sft_samples_shapes_fid": policy["samples_shapes_fid"],
+    }
 
 
 def _component(cache_dir, name: str, prepare: bool) -> Path:
@@ -454,7 +491,10 @@ def _component(cache_dir, name: str, prepare: bool) -> Path:
 
 
 def shapes_policy_path(cache_dir: str | os.PathLike | None = None, prepare: bool = True) -> str:
-    """The folder of the SFT'd tiny Janus (VQ attached) and its processor, for `from_pretrained`: `model_name_or_path: shapes`."""
+    """The folder of the SFT'd tiny Janus (VQ attached) and its processor, for `from_pretrained`.
+
+    This is what a recipe's `model_name_or_path: shapes` resolves to; it prepares the cache if `prepare` is True.
+    """
     return str(_component(cache_dir, "policy", prepare))
 
 
