@@ -31,9 +31,19 @@ def main(argv=None):
         processing_class=processor,
         peft_config=build_peft_config(script_args),
     )
+    world, before = None, None
+    if script_args.model_name_or_path == "shapes" and script_args.world_eval_prompts > 0:
+        from ranke_trl.world.experiment import WorldEvaluator, world_eval_report
+
+        world = WorldEvaluator(None, script_args.world_eval_prompts, config.guidance_scale)
+        before = world(trainer.model, trainer.policy, trainer.codec, config.seed)[0]
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     trainer.print_summary()
+    if world is not None:
+        after = world(trainer.model, trainer.policy, trainer.codec, config.seed)[0]
+        if trainer.accelerator.is_main_process:
+            print(world_eval_report(before, after, config.output_dir))
     # Every rank leaves together: one rank exiting while another still saves can abort the launcher.
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()

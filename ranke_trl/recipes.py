@@ -62,6 +62,14 @@ class RecipeArguments:
     reward_dtype: str | None = field(
         default=None, metadata={"help": "dtype of the reward models, e.g. 'bfloat16'; None keeps float32."}
     )
+    world_eval_prompts: int = field(
+        default=256,
+        metadata={
+            "help": "With `model_name_or_path: shapes`, score the policy + decoder on this many fixed ShapesWorld "
+            "validation prompts before and after training (CLIP score, ShapesFID, ShapesEval, token KL) and write "
+            "`world_eval.json` to output_dir; 0 skips it (ours: 256)."
+        },
+    )
     # LoRA on the policy, with TRL's `ModelConfig` names. The decoder always trains in full.
     use_peft: bool = field(
         default=False,

@@ -45,3 +45,11 @@ def tiny_janus_dir(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A tiny ShapesWorld preparation (seconds of training, poor models), shared by every test that needs one."""
+    from ranke_trl.world.pretrain import prepare_shapes_world
+
+    return prepare_shapes_world(tmp_path_factory.mktemp("shapes_world"), tiny=True, seed=0, show_progress=False)

@@ -4,7 +4,6 @@ model; the saved adapter and decoder merge back into the trained system."""
 import copy
 import logging
 
-import pytest
 import torch
 from peft import LoraConfig, PeftModel
 from transformers import JanusVQVAE, TrainerCallback

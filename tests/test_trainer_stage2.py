@@ -1,6 +1,5 @@
 """RankEGRPOTrainer with the decoder phase: modes, checkpoints and resume, the saved system, the Hub push."""
 
-import os
 from unittest import mock
 
 import pytest

@@ -14,10 +14,10 @@ from ranke_trl.world.perceptual import ShapesPerceptualDistance, l2_quantize
 from ranke_trl.world.scenes import Scene, ShapeSpec
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A tiny ShapesWorld preparation (seconds of training), shared by the tests of this file."""
-    return pretrain.prepare_shapes_world(tmp_path_factory.mktemp("shapes_world"), tiny=True, show_progress=False)
+@pytest.fixture
+def cache(tiny_world):
+    """The session's tiny ShapesWorld preparation (conftest.py); these tests only read it."""
+    return tiny_world
 
 
 def _refuse_training(monkeypatch):

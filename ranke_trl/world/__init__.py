@@ -2,6 +2,10 @@
 
 The whole RankE loop (tokenizer, policy, CLIP reward, GRPO, decoder adaptation, GenEval-style evaluation) runs on it
 at CPU scale. `make_split` gives `datasets` splits; `ShapesEval` and `shapes_eval_reward` score images.
+
+The pretrained components (`pretrain.prepare_shapes_world`, `shapes_policy_path`, `shapes_clip_reward`,
+`load_shapes_fid`) and the experiment (`experiment.run_experiment`) live in submodules, imported on use: they pull
+in open_clip, transformers and matplotlib, which the world itself does not need.
 """
 
 from .data import make_split, sample_scenes, scene_split

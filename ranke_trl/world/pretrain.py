@@ -6,7 +6,7 @@ files, so it loads through the same code as a Hub model:
 - `features/`: the attribute classifier behind ShapesFID and the perceptual loss (`features.py`);
   `ShapesAttributeNet.from_pretrained`.
 - `vq/`: the VQ tokenizer, Janus's VQ architecture trained as a VQGAN (`perceptual.py`); `JanusVQVAE.from_pretrained`.
-- `clip/`: an open_clip CLIP trained contrastively on (image, caption) pairs, the `shapes_clip` reward;
+- `clip/`: an open_clip CLIP trained contrastively on (image, caption) pairs (`clip.py`), the `shapes_clip` reward;
   `CLIPReward("local-dir:<cache>/clip", pretrained=None)`.
 - `policy/`: a tiny Janus after image-token SFT (`ranke_trl.sft`) on the VQ's codes, with the VQ inside and its
   processor; `JanusForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained`.
@@ -36,17 +36,14 @@ import torch
 import torch.nn.functional as F
 import transformers
 from filelock import FileLock
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
-from transformers import JanusVQVAE, get_cosine_schedule_with_warmup
+from transformers import JanusVQVAE
 
 from ..evaluation.fid import FIDMetric
 from ..policy.janus import JanusPolicy, JanusVQCodec
 from ..rewards.clip import CLIPReward
-from ..rewards.preprocessing import clip_image_transform
 from ..sft import ImageTokenSFT, ImageTokenSFTConfig
-from ..tiny import build_tiny_janus, build_tiny_janus_processor, tiny_clip_config, tiny_janus_config
+from ..tiny import build_tiny_janus, build_tiny_janus_processor, tiny_janus_config
+from .clip import clip_retrieval_accuracy, save_open_clip, shapes_clip_config, train_shapes_clip
 from .data import sample_scenes
 from .features import ShapesAttributeNet, ShapesFIDFeatures, cell_accuracy, render_targets, train_attribute_net
 from .perceptual import ShapesPerceptualDistance, VQGANSettings, train_vqgan
@@ -160,89 +157,6 @@ def _shapes_eval(images01: torch.Tensor, scenes) -> dict:
     summary = summarize(ShapesEval().evaluate_batch(images01, [scene.metadata for scene in scenes]))
     names = {"accuracy": "image_accuracy", "mean_score": "mean_score", "per_family": "per_family"}
     return {key: summary[name] for key, name in names.items()}
-
-
-# --- the CLIP reward: open_clip trained contrastively on world pairs ------------------------------------------------
-
-
-def shapes_clip_config(embed_dim: int = 64) -> dict:
-    """`tiny_clip_config` at 64 px with a finer, deeper image tower: 8 px patches (an 8x8 grid, so a 14 px shape
-    covers whole patches) and 4 layers, which binding colours to kinds and reading positions need; captions are
-    short, so the text context is 32 tokens."""
-    config = tiny_clip_config(embed_dim=embed_dim, image_size=64, context_length=32)
-    config["vision_cfg"].update(patch_size=8, layers=4)
-    return config
-
-
-def _clip_inputs(model, images01: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> the CLIP's input, by the reward's own differentiable preprocessing."""
-    cfg = open_clip.get_model_preprocess_cfg(model)  # read as `OpenClipReward` reads it, so both see the same input
-    return clip_image_transform(
-        images01,
-        model.visual.image_size,
-        cfg.get("mean", OPENAI_DATASET_MEAN),
-        cfg.get("std", OPENAI_DATASET_STD),
-        cfg.get("resize_mode", "shortest"),
-        cfg.get("interpolation", "bicubic"),
-    )
-
-
-def train_shapes_clip(images, captions, config, steps, batch_size, learning_rate, seed=0, show_progress=True):
-    """Train an `open_clip.CLIP(**config)` on uint8 images (M, 3, H, W) and their M captions.
-
-    The loss is CLIP's symmetric InfoNCE over each batch's *distinct* captions: a world has a few hundred captions,
-    so a batch often holds one caption twice, and plain InfoNCE would push an image away from its own caption.
-    Image to text is a cross-entropy over the distinct captions; text to image spreads each caption's target evenly
-    over its images. Returns the model (eval mode, frozen) and a log of the final loss.
-    """
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = open_clip.CLIP(**config).train()
-    distinct = sorted(set(captions))
-    position = {caption: i for i, caption in enumerate(distinct)}
-    caption_ids = torch.tensor([position[caption] for caption in captions])
-    tokens = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])(distinct)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1, betas=(0.9, 0.98))
-    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
-    losses = []
-    for _ in tqdm(range(steps), desc="ShapesWorld CLIP", disable=not show_progress):
-        index = torch.randint(len(images), (batch_size,), generator=generator)
-        in_batch, target = caption_ids[index].unique(return_inverse=True)
-        image_features = model.encode_image(_clip_inputs(model, images[index].float() / 255), normalize=True)
-        text_features = model.encode_text(tokens[in_batch], normalize=True)
-        logits = model.logit_scale.exp() * image_features @ text_features.T  # (B, distinct captions in batch)
-        to_text = torch.nn.functional.cross_entropy(logits, target)
-        owners = torch.nn.functional.one_hot(target, len(in_batch)).float().T  # (captions, B)
-        to_image = -(owners / owners.sum(1, keepdim=True) * logits.T.log_softmax(-1)).sum(1).mean()
-        loss = (to_text + to_image) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():  # CLIP's clamp of the temperature at 100
-            model.logit_scale.clamp_(0, np.log(100))
-        losses.append(loss.item())
-    return model.eval().requires_grad_(False), {"final_loss": float(np.mean(losses[-max(1, steps // 20) :]))}
-
-
-@torch.no_grad()
-def clip_retrieval_accuracy(model, images01: torch.Tensor, captions: list[str]) -> float:
-    """Image-to-text top-1 accuracy among the distinct `captions`; chance is 1 / (number of distinct captions)."""
-    distinct = sorted(set(captions))
-    tokens = open_clip.SimpleTokenizer(context_length=model.context_length)(distinct)
-    text = model.encode_text(tokens, normalize=True)
-    image = torch.cat([model.encode_image(_clip_inputs(model, chunk), normalize=True) for chunk in images01.split(128)])
-    predicted = (image @ text.T).argmax(-1)
-    return float(np.mean([distinct[i] == c for i, c in zip(predicted.tolist(), captions)]))
-
-
-def save_open_clip(model, config: dict, folder: Path) -> None:
-    """Save as an open_clip model folder (`open_clip_config.json` + safetensors), loadable as `local-dir:<folder>`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
-    preprocess = {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)}  # what training normalised with
-    config_file = {"model_cfg": config, "preprocess_cfg": preprocess}
-    (folder / "open_clip_config.json").write_text(json.dumps(config_file, indent=2))
 
 
 # --- the stages: each trains one component, saves it, and returns it with its manifest record -----------------------
