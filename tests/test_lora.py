@@ -4,6 +4,7 @@ model; the saved adapter and decoder merge back into the trained system."""
 import copy
 import logging
 
+import pytest
 import torch
 from peft import LoraConfig, PeftModel
 from transformers import JanusVQVAE, TrainerCallback
@@ -137,6 +138,32 @@ def test_saved_adapter_and_decoder_merge_into_the_trained_system(tmp_path, tiny_
         torch.testing.assert_close(loaded[key], value, msg=key)
     for key, value in trainer.codec.module.state_dict().items():
         assert torch.equal(loaded[f"model.vqmodel.{key}"], value), key
+
+
+def test_lora_output_dir_loads_as_the_merged_system_for_evaluation(tmp_path, tiny_janus_dir, tiny_processor):
+    from ranke_trl.evaluation.runner import EvalArguments, load_system
+
+    trainer = _trainer(tmp_path, tiny_janus_dir, tiny_processor, max_steps=1)  # a path: the adapter names its base
+    trainer.train()
+    out = tmp_path / "final"
+    trainer.save_model(str(out))
+    model, policy, codec = load_system(EvalArguments(policy_name_or_path=str(out), prompt_set="shapes", metrics=["clip_score"]), "cpu")
+    expected = copy.deepcopy(trainer.model).merge_and_unload().state_dict()
+    loaded = model.state_dict()
+    for key, value in expected.items():
+        if not key.startswith("model.vqmodel."):
+            torch.testing.assert_close(loaded[key], value, msg=key)
+    for key, value in trainer.codec.module.state_dict().items():  # the co-evolved VQ, not the base model's
+        assert torch.equal(codec.module.state_dict()[key], value), key
+
+
+def test_lora_output_without_a_base_model_fails_with_the_fix(tmp_path, tiny_janus, tiny_processor):
+    from ranke_trl.policy import load_policy_model
+
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)  # built in memory: no base path
+    trainer.save_model(str(tmp_path / "final"))
+    with pytest.raises(ValueError, match="names no base model"):
+        load_policy_model(str(tmp_path / "final"), RankEConfig(output_dir=str(tmp_path), bf16=False))
 
 
 class _RecordAtTrainBegin(TrainerCallback):
