@@ -44,6 +44,19 @@ def unpartitioned_copy(module: nn.Module, device: str | torch.device = "cpu") ->
     return copy.deepcopy(module, memo)
 
 
+@contextlib.contextmanager
+def gathered(module: nn.Module, modifier_rank: int | None = None):
+    """Inside the block every parameter of `module` is whole: a ZeRO-3 gather (collective: call it on every rank),
+    with the changes made on `modifier_rank` broadcast at exit; a no-op for ordinary modules."""
+    if not is_zero3_partitioned(module):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=modifier_rank):
+        yield
+
+
 def submodule_prefix(root: nn.Module, module: nn.Module) -> str:
     """The state-dict prefix of `module` inside `root`, e.g. 'model.vqmodel.'; raises if it is not attached."""
     for name, candidate in root.named_modules():

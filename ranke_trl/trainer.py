@@ -30,7 +30,7 @@ from .config import RankEConfig
 from .corpus import CorpusImages, encode_corpus
 from .decoder import DecoderPhase
 from .diagnostics import CodeHistogram, ShiftDiagnostics
-from .distributed import is_zero3_partitioned, unpartitioned_copy, with_submodule_weights
+from .distributed import gathered, is_zero3_partitioned, unpartitioned_copy, with_submodule_weights
 from .hub import write_model_card
 from .image_logging import log_image_grid
 from .policy import load_policy_model, make_policy
@@ -39,6 +39,7 @@ from .rollout_buffer import RolloutBuffer
 from .schedule import DecoderPhaseCallback, corpus_batches
 
 STAGE2_STATE = "ranke_stage2.pt"
+REFERENCE_STATE = "ref_model.safetensors"  # the EMA reference policy (sync_ref_model), which TRL does not checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -448,11 +449,25 @@ class RankEGRPOTrainer(GRPOTrainer):
         with self.policy.codec_attached(self.model, self.codec):
             return super()._save(output_dir, with_submodule_weights(state_dict, self.model, self.codec.module))
 
+    def _ema_reference(self) -> nn.Module | None:
+        """The EMA reference policy (unwrapped) when the run keeps one (`sync_ref_model`), else None."""
+        if getattr(self, "ref_model", None) is None or not self.args.sync_ref_model:
+            return None
+        return self.accelerator.unwrap_model(self.ref_model)
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        reference = self._ema_reference()
+        if reference is not None:  # it has moved away from the initial policy; resuming must not reset it
+            from safetensors.torch import save_file
+
+            with gathered(reference):
+                state = {k: v.detach().cpu().clone() for k, v in reference.state_dict().items()}
+            if self.args.should_save:
+                save_file(state, os.path.join(folder, REFERENCE_STATE))
         if self.decoder_phase is None:
             return
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
         if self.args.should_save:
             teacher = self.decoder_phase.ema_teacher_module()
             if teacher is not None:
@@ -471,6 +486,8 @@ class RankEGRPOTrainer(GRPOTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            self._load_ema_reference(checkpoint)
         if checkpoint is None or self.decoder_phase is None:
             return
         path = os.path.join(checkpoint, STAGE2_STATE)
@@ -484,6 +501,23 @@ class RankEGRPOTrainer(GRPOTrainer):
         self.decoder_phase.load_state_dict(state["decoder_phase"])
         self.rollout_buffer.load_state_dict(state["rollout_buffer"])
         self._decoder_phases = state["decoder_phases"]
+
+    def _load_ema_reference(self, checkpoint: str) -> None:
+        reference = self._ema_reference()
+        if reference is None:
+            return
+        path = os.path.join(checkpoint, REFERENCE_STATE)
+        if not os.path.isfile(path):
+            logger.warning(
+                f"{checkpoint} has no {REFERENCE_STATE} (it predates reference checkpointing or ran without "
+                "sync_ref_model): the EMA reference policy restarts from the initial model."
+            )
+            return
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+        with gathered(reference, modifier_rank=0), torch.no_grad():
+            reference.load_state_dict(state)
 
     def _load_decoder_weights(self, checkpoint: str) -> None:
         """Restore the co-evolved VQ from the checkpoint's `decoder/`, in place (the optimisers hold its parameters).

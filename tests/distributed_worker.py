@@ -43,15 +43,18 @@ def watched(name: str) -> bool:
 
 
 class RecordAtTrainBegin(TrainerCallback):
-    """Keeps the decoder and policy weights as training (re)starts, i.e. right after a checkpoint was loaded."""
+    """Keeps the decoder, policy and reference weights as training (re)starts, i.e. right after a checkpoint was loaded."""
 
     def __init__(self, trainer):
         self.trainer, self.state = trainer, None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        ref = getattr(self.trainer, "ref_model", None)
+        ref = getattr(ref, "module", ref)
         self.state = {
             "decoder": {k: v.cpu().clone() for k, v in self.trainer.codec.module.state_dict().items()},
             "policy": whole_state(self.trainer.model, watched),
+            "ref": whole_state(ref, watched) if ref is not None else None,
         }
 
 

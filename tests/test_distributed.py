@@ -126,11 +126,12 @@ def test_ema_reference_moves_towards_the_policy(run):
     assert not torch.equal(ref, rank0["ref_init"][HEAD]) and not torch.equal(ref, policy)
 
 
-def test_resume_restores_policy_and_decoder_then_continues(run):
+def test_resume_restores_policy_decoder_and_reference_then_continues(run):
     _, _, (rank0, rank1) = run
     for rank in (rank0, rank1):
         assert not _differing(rank["begin_run2"]["decoder"], rank0["decoder_run1"])
         assert torch.equal(rank["begin_run2"]["policy"][HEAD], rank0["policy_run1"][HEAD])
+        assert torch.equal(rank["begin_run2"]["ref"][HEAD], rank0["ref_run1"][HEAD])  # the EMA reference too
         assert rank["global_step_run2"] == 3 and rank["decoder_phases_run2"] == 3
     assert _differing(rank0["decoder_run2"], rank0["decoder_run1"])
 

@@ -166,6 +166,28 @@ def test_checkpoint_is_complete(tmp_path, tiny_janus, tiny_processor):
     assert {"decoder_phase", "rollout_buffer", "decoder_phases"} <= set(state)
 
 
+def test_resume_restores_the_ema_reference_policy(tmp_path, tiny_processor):
+    from ranke_trl.tiny import build_tiny_janus
+
+    # The reference is synced every step, so by step 2 it is no longer the initial policy.
+    sync = dict(max_steps=4, sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5)
+    straight = _trainer(tmp_path / "a", build_tiny_janus(seed=0), tiny_processor, **sync)
+    straight.train()
+    first = _trainer(tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, save_strategy="steps", save_steps=2,
+                     **sync)
+    first.args.max_steps = 2
+    first.train()
+    assert (tmp_path / "b" / "checkpoint-2" / "ref_model.safetensors").exists()
+    resumed = _trainer(tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, **sync)
+    initial = {k: v.clone() for k, v in resumed.ref_model.state_dict().items()}
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    a, b = straight.ref_model.state_dict(), resumed.ref_model.state_dict()
+    key = "model.generation_head.vision_head.weight"
+    assert not torch.equal(b[key], initial[key])
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_processor):
     from ranke_trl.tiny import build_tiny_janus
 
