@@ -27,7 +27,9 @@ from ..evaluation.clip_score import clip_score_from_cosine
 from ..policy import make_policy
 from .data import make_split
 from .pretrain import load_shapes_fid, shapes_cache_dir, shapes_clip_reward, shapes_policy_path
+from .scenes import Scene, ShapeSpec, render_scene
 from .shapes_eval import ShapesEval, shapes_eval_reward, summarize
+from .vocab import KINDS, SIZES
 
 # name -> (how the row trains, which reward, RankEConfig overrides)
 ROWS: dict[str, tuple[str, str, dict]] = {
@@ -47,6 +49,32 @@ ROWS: dict[str, tuple[str, str, dict]] = {
 }
 MAIN_ROWS = ["Base", "SFT", "Std. RL", "Decoder-only", "RankE"]
 METRICS = ["clip_score", "shapes_fid", "shapes_eval", "shift/token_kl_bits", "shift/entropy_bits"]
+# Diagnostics that split ShapesFID into what is drawn and how it is rendered (see `rerender_detected`).
+DIAGNOSTICS = ["shapes_fid_content", "unreadable_shapes"]
+
+
+def rerender_detected(images01: torch.Tensor, shapes_eval: ShapesEval) -> tuple[torch.Tensor, float]:
+    """Clean renders of the scenes ShapesEval reads in `images01`, and the fraction of objects it could not read.
+
+    Each detected object whose kind is recognised is drawn again with the world's renderer: same kind and colour,
+    the size nearest its bounding box, at its bounding-box centre. ShapesFID on these re-renders measures *what* a
+    model draws (content) with rendering quality removed; objects of unknown kind (blobs, smears) are left out and
+    counted instead, a measure of rendering failures.
+    """
+    renders, unreadable, total = [], 0, 0
+    for image in images01:
+        shapes = []
+        for found in shapes_eval.detect(image):
+            total += 1
+            if found.kind not in KINDS:
+                unreadable += 1
+                continue
+            x0, y0, x1, y1 = found.bbox
+            side = max(x1 - x0, y1 - y0) + 1
+            size = min(SIZES, key=lambda name: abs(SIZES[name] - side))
+            shapes.append(ShapeSpec(found.kind, found.color, size, round((x0 + x1) / 2), round((y0 + y1) / 2)))
+        renders.append(torch.from_numpy(render_scene(Scene(tuple(shapes), {}))).permute(2, 0, 1))
+    return torch.stack(renders).float() / 255, unreadable / max(1, total)
 
 
 @dataclass
@@ -104,12 +132,19 @@ class WorldEvaluator:
         cos = self.clip.score(images, self.prompts)
         self.fid.reset_fake()
         self.fid.update_fake(images)
+        shapes_fid = self.fid.compute()
         evaluated = self.shapes_eval.evaluate_batch(list(images), self.metadata)
+        rerendered, unreadable = rerender_detected(images, self.shapes_eval)
+        self.fid.reset_fake()
+        self.fid.update_fake(rerendered)
+        content_fid = self.fid.compute()
         summary = summarize(evaluated)
         metrics = {
             "clip_score": float(clip_score_from_cosine(cos).mean()),
-            "shapes_fid": self.fid.compute(),
+            "shapes_fid": shapes_fid,
             "shapes_eval": summary["overall"],
+            "shapes_fid_content": content_fid,
+            "unreadable_shapes": unreadable,
             **{f"shapes_eval/{k}": v for k, v in summary["per_family"].items()},
             **self.shift(codes),
         }
@@ -269,9 +304,10 @@ def run_experiment(settings: ExperimentSettings, out_dir: str, cache_dir=None) -
 def markdown_table(payload: dict) -> str:
     """The paper's layout: one row per mode, mean ± std over seeds (n seeds in brackets)."""
     heads = {"clip_score": "CLIP ↑", "shapes_fid": "ShapesFID ↓", "shapes_eval": "ShapesEval ↑",
-             "shift/token_kl_bits": "token KL (bits) ↓", "shift/entropy_bits": "entropy (bits)"}
+             "shift/token_kl_bits": "token KL (bits) ↓", "shift/entropy_bits": "entropy (bits)",
+             "shapes_fid_content": "content FID ↓", "unreadable_shapes": "unreadable ↓"}
     families = sorted({k for row in payload["rows"].values() for k in row if k.startswith("shapes_eval/")})
-    cols = list(heads) + families
+    cols = [c for c in heads if any(c in row for row in payload["rows"].values())] + families
     lines = ["| run | " + " | ".join(heads[c] if c in heads else c.split("/", 1)[1] for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for name, row in payload["rows"].items():
@@ -280,37 +316,51 @@ def markdown_table(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def write_figures(runs: dict[str, list[dict]], out_dir: str) -> list[str]:
-    """Reward-proxy and ShapesFID curves, KL and entropy curves (the paper's Fig. 6), and sample grids by mode."""
+def write_curve_figures(curves: dict[str, list[list[dict]]], out_dir: str) -> list[str]:
+    """Reward-proxy, ShapesFID and ShapesEval curves, and KL and entropy curves (the paper's Fig. 6).
+
+    `curves` maps a row to one curve per seed (`results.json`'s "curves"); a row with a single point (Base) is
+    drawn as a level line, rows with several seeds as mean ± std bands, single-seed ablation rows dashed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from torchvision.utils import save_image
 
+    palette = plt.get_cmap("tab20").colors
     paths = []
     for filename, keys in [("quality_curves.png", ["clip_score", "shapes_fid", "shapes_eval"]),
                            ("shift_curves.png", ["shift/token_kl_bits", "shift/entropy_bits"])]:
-        fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4))
         for ax, key in zip(axes, keys):
-            for name, results in runs.items():
-                if len(results[0]["curve"]) < 2:  # an untrained row (Base): a level line
-                    ax.axhline(statistics.fmean(r["final"][key] for r in results), color="grey", ls="--", label=name)
+            for index, (name, runs) in enumerate(curves.items()):
+                if len(runs[0]) < 2:  # an untrained row (Base): a level line
+                    ax.axhline(statistics.fmean(run[-1][key] for run in runs), color="grey", ls="--", label=name)
                     continue
-                steps = [p["step"] for p in results[0]["curve"]]
-                stats = [_mean_std([r["curve"][i][key] for r in results]) for i in range(len(steps))]
-                mean = [m for m, _ in stats]
-                line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{name} (n={len(results)})")
-                if len(results) > 1:  # mean ± std over seeds
-                    low, high = [m - s for m, s in stats], [m + s for m, s in stats]
-                    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+                steps = [point["step"] for point in runs[0]]
+                stats = [_mean_std([run[i][key] for run in runs]) for i in range(len(steps))]
+                style = {"ls": "-", "lw": 1.8} if len(runs) > 1 else {"ls": "--", "lw": 1.0}
+                color = palette[(2 * index) % 20 if index < 10 else (2 * index + 1) % 20]
+                ax.plot(steps, [m for m, _ in stats], marker="o", markersize=2.5, color=color,
+                        label=f"{name} (n={len(runs)})", **style)
+                if len(runs) > 1:  # mean ± std over seeds
+                    ax.fill_between(steps, [m - sd for m, sd in stats], [m + sd for m, sd in stats], color=color,
+                                    alpha=0.15)
             ax.set_title(key)
             ax.set_xlabel("policy step")
-        axes[0].legend(fontsize=7)
+        axes[0].legend(fontsize=6.5)
         fig.tight_layout()
         paths.append(os.path.join(out_dir, filename))
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
+    return paths
+
+
+def write_figures(runs: dict[str, list[dict]], out_dir: str) -> list[str]:
+    """The curve figures (`write_curve_figures`) and a grid of samples by mode, for matched prompts and seeds."""
+    from torchvision.utils import save_image
+
+    paths = write_curve_figures({name: [r["curve"] for r in results] for name, results in runs.items()}, out_dir)
     grid = torch.cat([results[0]["samples"] for results in runs.values()])
     paths.append(os.path.join(out_dir, "samples_by_mode.png"))
     save_image(grid, paths[-1], nrow=8, padding=2, pad_value=1.0)
