@@ -462,10 +462,10 @@ class RankEGRPOTrainer(GRPOTrainer):
         if reference is not None:  # it has moved away from the initial policy; resuming must not reset it
             from safetensors.torch import save_file
 
-            with gathered(reference):
-                state = {k: v.detach().cpu().clone() for k, v in reference.state_dict().items()}
-            if self.args.should_save:
-                save_file(state, os.path.join(folder, REFERENCE_STATE))
+            with gathered(reference):  # collective under ZeRO-3; only the saving process copies the weights
+                if self.args.should_save:
+                    state = {k: v.detach().cpu().clone() for k, v in reference.state_dict().items()}
+                    save_file(state, os.path.join(folder, REFERENCE_STATE))
         if self.decoder_phase is None:
             return
         if self.args.should_save:

@@ -152,14 +152,12 @@ class WorldEvaluator:
 
 
 class _EvalCallback(TrainerCallback):
-    def __init__(self, trainer, evaluator, every, curve, seed):
-        self.trainer, self.evaluator, self.every, self.curve, self.seed = trainer, evaluator, every, curve, seed
+    def __init__(self, evaluate, every):
+        self.evaluate, self.every = evaluate, every
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
-            t = self.trainer
-            metrics, _ = self.evaluator(t.model, t.policy, t.codec, self.seed)
-            self.curve.append({"step": state.global_step, **metrics})
+            self.evaluate(state.global_step)
 
 
 def _load_base(cache_dir):
@@ -177,20 +175,24 @@ def run_row(name: str, seed: int, settings: ExperimentSettings, evaluator: World
     model, processor = _load_base(cache_dir)
     policy = make_policy(model, processor.tokenizer)
     train = make_split("train", settings.num_train_prompts, seed=seed)
-    codec = policy.codec(model)
-    curve: list[dict] = [] if kind == "none" else [{"step": 0, **evaluator(model, policy, codec, seed)[0]}]
-    if kind == "none":
-        pass
-    elif kind == "sft":
+    curve: list[dict] = []
+    samples = None
+
+    def evaluate(step: int, codec) -> None:
+        nonlocal samples
+        metrics, samples = evaluator(model, policy, codec, seed)
+        curve.append({"step": step, **metrics})
+
+    evaluate(0, policy.codec(model))  # Base's only point; every trained row's start
+    if kind == "sft":
         sft = ImageTokenSFT(policy, model, ImageTokenSFTConfig(
             num_train_steps=settings.eval_every, batch_size=settings.rollouts_per_step,
             learning_rate=settings.learning_rate, seed=seed, show_progress=False))
-        codec = sft.codec
-        codes = codec.encode(torch.stack([image_to_tensor(im, 64) for im in train["image"]]))
+        codes = sft.codec.encode(torch.stack([image_to_tensor(im, 64) for im in train["image"]]))
         for step in range(settings.eval_every, settings.steps + 1, settings.eval_every):
             sft.train(list(train["prompt"]), codes)
-            curve.append({"step": step, **evaluator(model, policy, codec, seed)[0]})
-    else:
+            evaluate(step, sft.codec)
+    elif kind == "grpo":
         reward = shapes_clip_reward(cache_dir) if reward_name == "shapes_clip" else shapes_eval_reward
         config = dict(
             bf16=False, seed=seed, data_seed=seed, max_steps=settings.steps,
@@ -198,18 +200,19 @@ def run_row(name: str, seed: int, settings: ExperimentSettings, evaluator: World
             learning_rate=settings.learning_rate, decoder_learning_rate=settings.decoder_learning_rate,
             guidance_scale=settings.guidance_scale, lambda_lpips=0.0, report_to=[], save_strategy="no",
             logging_steps=settings.eval_every, log_images_steps=0, disable_tqdm=True, decoder_batch_size=8,
-            lr_scheduler_type="constant", lambda_rbp=0.0 if reward_name == "shapes_eval" else 0.5,
+            lr_scheduler_type="constant",
         )
+        if reward_name == "shapes_eval":  # a black-box reward has no gradient to back-propagate
+            config["lambda_rbp"] = 0.0
         with tempfile.TemporaryDirectory(prefix="shapes-exp-") as output_dir:
             args = RankEConfig(output_dir=output_dir, **{**config, **overrides})
             trainer = RankEGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=train,
                                        processing_class=processor)
-            trainer.add_callback(_EvalCallback(trainer, evaluator, settings.eval_every, curve, seed))
+            trainer.add_callback(_EvalCallback(lambda step: evaluate(step, trainer.codec), settings.eval_every))
             trainer.train()
-        codec = trainer.codec
-    final, samples = evaluator(model, policy, codec, seed)
-    if not curve or curve[-1]["step"] != (0 if kind == "none" else settings.steps):
-        curve.append({"step": 0 if kind == "none" else settings.steps, **final})
+        if curve[-1]["step"] != settings.steps:
+            evaluate(settings.steps, trainer.codec)
+    final = {k: v for k, v in curve[-1].items() if k != "step"}
     return {"final": final, "curve": curve, "samples": samples}
 
 
