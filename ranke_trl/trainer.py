@@ -227,7 +227,7 @@ class RankEGRPOTrainer(GRPOTrainer):
         when the model already is a PEFT model).
         """
         targets = getattr(peft_config, "target_modules", None)
-        if peft_config is not None and not isinstance(targets, str) and hasattr(self.policy, "lora_target_modules"):
+        if peft_config is not None and not isinstance(targets, str):
             peft_config = copy.deepcopy(peft_config)
             peft_config.target_modules = self.policy.lora_target_modules(sorted(targets) if targets else None)
         if args.sync_ref_model and args.beta != 0.0:
@@ -287,16 +287,9 @@ class RankEGRPOTrainer(GRPOTrainer):
         completions = [f"<image: {codes.size(1)} codes>"] * len(prompts)
         return prompt_ids, codes.tolist(), None, completions, None, {}, None, []
 
-    @torch.no_grad()
-    def decode_images(self, codes: torch.LongTensor) -> torch.Tensor:
-        """Codes (B, N) -> images (B, 3, H, W) in [0, 1], decoded by the current decoder in chunks."""
-        chunk = self.args.generation_chunk_size or len(codes)
-        pixels = [self.codec.decode(codes[i : i + chunk]) for i in range(0, len(codes), chunk)]
-        return ((torch.cat(pixels).float().clamp(-1, 1) + 1) / 2).contiguous()
-
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         codes = torch.tensor(completion_ids_list, dtype=torch.long, device=self.accelerator.device)
-        images = self.decode_images(codes)
+        images = self.codec.decode_images(codes, self.args.generation_chunk_size)
         rewards_per_func = super()._calculate_rewards(inputs, prompts, list(images), completion_ids_list)
         self._after_rewards(codes, images, prompts, rewards_per_func)
         return rewards_per_func

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ranke_trl.policy import JanusPolicy, warp_logits
-from ranke_trl.policy.janus import detach_vq, install_image_forward, vq_attached
+from ranke_trl.policy.janus import detach_vq, install_image_forward
 
 
 def _policy(model, tokenizer):
@@ -175,9 +175,11 @@ def test_decode_returns_images_of_the_configured_size(tiny_janus, tiny_tokenizer
 
 
 def test_detached_vq_reattaches_for_saving(tiny_janus, tiny_tokenizer):
-    vq = detach_vq(tiny_janus)
+    policy = JanusPolicy(tiny_tokenizer, tiny_janus)
+    codec = policy.codec(tiny_janus)
+    detach_vq(tiny_janus)
     assert tiny_janus.model.vqmodel is None
-    with vq_attached(tiny_janus, vq):
+    with policy.codec_attached(tiny_janus, codec):
         assert any(k.startswith("model.vqmodel.") for k in tiny_janus.state_dict())
     assert tiny_janus.model.vqmodel is None
 

@@ -9,7 +9,7 @@ every prompt of a prompt set, streams each batch through the chosen metrics and 
 
 - Processes take every `num_processes`-th prompt. Each prompt is sampled with its own generator, seeded from
   `(seed, subset, index)` (`eval_sets.prompt_seed`), so its images depend neither on the number of processes nor
-  on `batch_size`. `JanusPolicy.sample` takes one generator per call, so each call draws one prompt's images.
+  on `batch_size`. The policy's sampler takes one generator per image row.
 - Metric states (CLIP sums, FID feature moments, HPS scores, code histograms) are reduced across processes at the
   end; nothing else is exchanged, so processes with fewer prompts never wait inside the loop.
 """
@@ -31,8 +31,7 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from ranke_trl.diagnostics import CodeHistogram, ShiftDiagnostics
-from ranke_trl.policy import JanusVQCodec, load_policy_model, make_policy
-from ranke_trl.policy.janus import detach_vq
+from ranke_trl.policy import VQCodec, load_policy_model, make_policy
 from ranke_trl.rewards import load_reward
 
 from .clip_score import CLIPScoreMetric
@@ -61,7 +60,7 @@ class EvalArguments:
         default=None, metadata={"help": "Policy: a Hub id or local directory, e.g. a RankE output_dir."}
     )
     decoder_name_or_path: str | None = field(
-        default=None, metadata={"help": "A JanusVQVAE replacing the policy's own VQ (Hub id or directory)."}
+        default=None, metadata={"help": "A VQ tokenizer of the policy's backbone replacing its own (Hub id or directory)."}
     )
     decoder_subfolder: str | None = field(
         default=None, metadata={"help": "Subfolder of decoder_name_or_path, e.g. 'decoder' in a RankE output_dir."}
@@ -211,7 +210,7 @@ class TinyFIDExtractor(nn.Module):
         return F.adaptive_avg_pool2d(images01.float(), 8).flatten(1) @ self.projection
 
 
-def load_system(args: EvalArguments, device) -> tuple[nn.Module, object, JanusVQCodec]:
+def load_system(args: EvalArguments, device) -> tuple[nn.Module, object, VQCodec]:
     """`(model, policy, codec)`: the policy in eval mode on `device`, and the VQ that renders its codes."""
     init_kwargs = {"dtype": args.dtype} | ({"revision": args.revision} if args.revision else {})
     init = SimpleNamespace(model_init_kwargs=init_kwargs, trust_remote_code=args.trust_remote_code)
@@ -220,18 +219,16 @@ def load_system(args: EvalArguments, device) -> tuple[nn.Module, object, JanusVQ
     policy = make_policy(model, processor, args.prompt_template)
     if args.decoder_name_or_path is None:
         return model, policy, policy.codec(model)
-    from transformers import JanusVQVAE
-
     subfolder = {"subfolder": args.decoder_subfolder} if args.decoder_subfolder else {}
-    vq = JanusVQVAE.from_pretrained(args.decoder_name_or_path, dtype=getattr(torch, args.dtype), **subfolder)
-    codec = JanusVQCodec(vq.to(device).eval())
+    codec = policy.load_codec(args.decoder_name_or_path, dtype=getattr(torch, args.dtype), **subfolder)
+    codec.module.to(device).eval()
     if (codec.codebook_size, codec.num_tokens) != (policy.codebook_size, policy.num_image_tokens):
         raise ValueError(
             f"The decoder {args.decoder_name_or_path} has {codec.codebook_size} codes and {codec.num_tokens} tokens "
             f"per image, the policy {policy.codebook_size} and {policy.num_image_tokens}; use the decoder trained "
             "with this policy (a RankE output_dir with decoder_subfolder: decoder)."
         )
-    detach_vq(model)  # the policy's own VQ is replaced; free it
+    policy.attach_codec_module(model, None)  # the policy's own VQ is replaced; free it
     return model, policy, codec
 
 
@@ -285,7 +282,7 @@ def _reduce_fid_side(fid: FIDMetric, accelerator: Accelerator, side: str) -> Non
 class MetricSuite:
     """The chosen metrics of one run: `prepare_references()`, `update(...)` per batch, then `compute()`."""
 
-    def __init__(self, args: EvalArguments, codec: JanusVQCodec, accelerator: Accelerator):
+    def __init__(self, args: EvalArguments, codec: VQCodec, accelerator: Accelerator):
         self.args, self.codec, self.accelerator = args, codec, accelerator
         device, chosen = accelerator.device, set(args.metrics)
         self.clip = self.hps = self.fid = self.histogram = self.shift = self.geneval = None
@@ -487,7 +484,7 @@ def evaluate(args: EvalArguments, accelerator: Accelerator | None = None) -> dic
         chunk = local[start : start + per_step]
         codes = sample_prompt_codes(policy, model, chunk, args, device)
         with torch.no_grad():
-            images01 = ((codec.decode(codes).float() + 1) / 2).clamp(0, 1)
+            images01 = codec.decode_images(codes)
         suite.update(chunk, codes, images01)
         progress.update(len(codes))
     progress.close()

@@ -1,7 +1,8 @@
 """The small interface every image-token backbone implements, and the sampling pieces they share.
 
-The trainer talks only to :class:`ImageTokenPolicy` (prompts -> codes -> log-probs) and :class:`VQCodec`
-(codes <-> pixels), so a second backbone (LlamaGen) is a second adapter, not a second trainer.
+The trainer, the decoder phase, SFT and evaluation talk only to :class:`ImageTokenPolicy` (prompts -> codes ->
+log-probs, loading, LoRA targets) and :class:`VQCodec` (codes <-> pixels), so a second backbone is a second adapter
+registered with `ranke_trl.policy.register_backbone`, not a second trainer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
+
+import contextlib
+import os
 
 import torch
 from torch import nn
@@ -110,6 +114,26 @@ class VQCodec(ABC):
     def decoder_parameters(self, train_codebook: bool = False) -> list[nn.Parameter]:
         """The decoder-side parameters Stage 2 may train (never the encoder)."""
 
+    @torch.no_grad()
+    def decode_images(self, codes: torch.LongTensor, batch_size: int | None = None) -> torch.Tensor:
+        """Codes (B, N) -> images (B, 3, H, W) float32 in [0, 1], decoded `batch_size` rows at a time; no gradient.
+
+        The one conversion from the decoder's [-1, 1] output to the [0, 1] images rewards, logs and metrics see.
+        """
+        batch_size = batch_size or max(len(codes), 1)
+        pixels = [self.decode(codes[i : i + batch_size]) for i in range(0, len(codes), batch_size)]
+        return ((torch.cat(pixels).float().clamp(-1, 1) + 1) / 2).contiguous()
+
+    def enable_decoder_checkpointing(self) -> None:
+        """Recompute the decoder's blocks in the backward pass (`decoder_gradient_checkpointing`), if supported."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot checkpoint its decoder; set decoder_gradient_checkpointing=False."
+        )
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer (encoder, codebook, co-evolved decoder) so the adapter's `load_codec(path)` reloads it."""
+        self.module.save_pretrained(path)
+
 
 class ImageTokenPolicy(ABC):
     """An autoregressive image-token model, seen through the five operations RankE needs.
@@ -121,10 +145,38 @@ class ImageTokenPolicy(ABC):
     #: N, codes per image; K, codebook size
     num_image_tokens: int
     codebook_size: int
+    #: `config.model_type` of the checkpoints this adapter loads (a local directory or Hub id is routed by it)
+    model_type: str
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    @abstractmethod
+    def handles(cls, model: nn.Module) -> bool:
+        """Whether `model` (unwrapped) is a model of this backbone."""
+
+    @classmethod
+    @abstractmethod
+    def load_model(cls, name_or_path: str, **kwargs) -> tuple[nn.Module, object]:
+        """`(model, processing_class)` from a Hub id or a local directory; `kwargs` go to `from_pretrained`
+        (`dtype`, `revision`, `trust_remote_code`, ...)."""
+
+    @classmethod
+    @abstractmethod
+    def load_codec(cls, name_or_path: str, **kwargs) -> VQCodec:
+        """A standalone VQ tokenizer saved with :meth:`VQCodec.save_pretrained` (e.g. a RankE run's `decoder/`)."""
+
+    # ------------------------------------------------------------------------------------------------ prompts
+    @abstractmethod
+    def prompt_token_ids(self, prompts: list) -> list[list[int]]:
+        """Token ids of each prompt (strings or chat messages), unpadded, ready for the first image code."""
 
     @abstractmethod
+    def batch_from_ids(self, rows: list[list[int]], device=None) -> PromptBatch:
+        """Left-pad token-id rows into a :class:`PromptBatch` with its unconditional branch."""
+
     def encode_prompts(self, prompts: list, device=None) -> PromptBatch:
         """Tokenise text prompts (strings or chat messages) into a left-padded :class:`PromptBatch`."""
+        return self.batch_from_ids(self.prompt_token_ids(prompts), device)
 
     @abstractmethod
     def sample(
@@ -174,5 +226,38 @@ class ImageTokenPolicy(ABC):
         """
 
     @abstractmethod
+    def attached_codec_module(self, model: nn.Module) -> nn.Module | None:
+        """The VQ module currently attached to `model` (None once :meth:`prepare_for_training` detached it)."""
+
+    @abstractmethod
+    def attach_codec_module(self, model: nn.Module, module: nn.Module | None) -> None:
+        """Attach `module` as `model`'s VQ tokenizer (None detaches it)."""
+
+    @contextlib.contextmanager
     def codec_attached(self, model: nn.Module, codec: VQCodec):
-        """Context manager that re-attaches `codec`'s module to `model`, e.g. to save the whole system."""
+        """Re-attach `codec`'s module to `model` for the duration of the block, e.g. to save the whole system."""
+        previous = self.attached_codec_module(model)
+        self.attach_codec_module(model, codec.module)
+        try:
+            yield model
+        finally:
+            self.attach_codec_module(model, previous)
+
+    @abstractmethod
+    def lora_target_modules(self, names: list[str] | None = None) -> str:
+        """A PEFT `target_modules` regex confined to the image-generation path.
+
+        `names=None` gives the adapter's default modules; a list of module names matches those names within the
+        generation path only.
+        """
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DeepSpeed / PEFT wrappers down to the backbone's own `PreTrainedModel`."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            return model

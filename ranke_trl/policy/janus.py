@@ -6,7 +6,6 @@ Only this file knows Janus's internals: `model.model.generation_embeddings`, `ge
 
 from __future__ import annotations
 
-import contextlib
 import re
 import types
 
@@ -24,21 +23,14 @@ from .base import (
     VQCodec,
     apply_cfg,
     position_ids_from_mask,
+    unwrap_model,
     warp_logits,
 )
 
 JANUS_PROMPT_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strip DDP / DeepSpeed / PEFT wrappers down to the `JanusForConditionalGeneration`."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        else:
-            return model
+_unwrap = unwrap_model
 
 
 def _draw(probs: torch.Tensor, generator) -> torch.LongTensor:
@@ -123,6 +115,8 @@ class JanusPolicy(ImageTokenPolicy):
         prompt_template: how a text prompt is wrapped before the begin-of-image token (Janus-Pro's chat format).
     """
 
+    model_type = "janus"
+
     def __init__(self, tokenizer, model: nn.Module, prompt_template: str = JANUS_PROMPT_TEMPLATE):
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.prompt_template = prompt_template
@@ -147,6 +141,27 @@ class JanusPolicy(ImageTokenPolicy):
                 f"Janus generation head predicts {head_out} codes but the VQ codebook has {self.codebook_size} "
                 "entries; the policy and the decoder must share one codebook."
             )
+
+    # ----------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        from transformers import JanusForConditionalGeneration
+
+        return isinstance(_unwrap(model), JanusForConditionalGeneration)
+
+    @classmethod
+    def load_model(cls, name_or_path: str, **kwargs):
+        from transformers import AutoProcessor, JanusForConditionalGeneration
+
+        model = JanusForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
+        hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+        return model, AutoProcessor.from_pretrained(name_or_path, **hub)
+
+    @classmethod
+    def load_codec(cls, name_or_path: str, **kwargs) -> "JanusVQCodec":
+        from transformers import JanusVQVAE
+
+        return JanusVQCodec(JanusVQVAE.from_pretrained(name_or_path, **kwargs))
 
     def _boi_token_id(self, janus) -> int:
         kwargs = getattr(janus.generation_config, "generation_kwargs", None) or {}
@@ -188,9 +203,6 @@ class JanusPolicy(ImageTokenPolicy):
             attention_mask[i, length - len(row) :] = 1
         batch = PromptBatch(input_ids, attention_mask, self.unconditional_ids(input_ids))
         return batch.to(device) if device is not None else batch
-
-    def encode_prompts(self, prompts: list, device=None) -> PromptBatch:
-        return self.batch_from_ids(self.prompt_token_ids(prompts), device)
 
     # ----------------------------------------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -307,8 +319,11 @@ class JanusPolicy(ImageTokenPolicy):
             module.requires_grad_(False)
         return codec
 
-    def codec_attached(self, model: nn.Module, codec: JanusVQCodec):
-        return vq_attached(model, codec.module)
+    def attached_codec_module(self, model: nn.Module) -> nn.Module | None:
+        return _unwrap(model).model.vqmodel
+
+    def attach_codec_module(self, model: nn.Module, module: nn.Module | None) -> None:
+        _unwrap(model).model.vqmodel = module
 
     # ----------------------------------------------------------------------------------------------- LoRA
     def lora_target_modules(self, names: list[str] | None = None) -> str:
@@ -356,14 +371,3 @@ def detach_vq(model: nn.Module) -> nn.Module:
     janus.model.vqmodel = None
     return vq
 
-
-@contextlib.contextmanager
-def vq_attached(model: nn.Module, vq: nn.Module):
-    """Temporarily re-attach `vq` (e.g. to save the whole co-evolved system with `save_pretrained`)."""
-    janus = _unwrap(model)
-    previous = janus.model.vqmodel
-    janus.model.vqmodel = vq
-    try:
-        yield model
-    finally:
-        janus.model.vqmodel = previous
