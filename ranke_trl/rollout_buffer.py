@@ -2,7 +2,7 @@
 
 Stage 1 draws rollouts and records their codes, prompts, groups and rewards here; Stage 2 samples minibatches of
 them to train the decoder. Only codes are kept (on CPU): the decoder re-renders them at every step, because its
-weights change.
+weights change. The cache only stores rows; what Stage 2 derives from them (the Rank-GAN weights) is Stage 2's.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoder.losses import rank_gan_weights
-
 CACHE_POLICIES = ("clear", "fifo")
 
 
@@ -22,22 +20,21 @@ class RolloutBatch:
     """A minibatch of cached rollouts.
 
     `codes`: (b, N) long codes in [0, K). `prompts`: b strings. `rewards`: (b,) float total rewards.
-    `group_ids`: (b,) long buffer-wide group ids. `weights`: (b,) Rank-GAN weights, computed within each full group.
+    `group_ids`: (b,) long buffer-wide group ids. `rows`: (b,) the rows' indices in the buffer they were drawn from.
     """
 
     codes: torch.LongTensor
     prompts: list[str]
     rewards: torch.Tensor
     group_ids: torch.LongTensor
-    weights: torch.Tensor
+    rows: torch.LongTensor
 
     def __len__(self) -> int:
         return self.codes.size(0)
 
     def to(self, device) -> "RolloutBatch":
         return RolloutBatch(
-            self.codes.to(device), self.prompts, self.rewards.to(device), self.group_ids.to(device),
-            self.weights.to(device),
+            self.codes.to(device), self.prompts, self.rewards.to(device), self.group_ids.to(device), self.rows
         )
 
 
@@ -124,24 +121,19 @@ class RolloutBuffer:
         else:
             self._evict()
 
-    def weights(self, temperature: float) -> torch.Tensor:
-        """(M,) Rank-GAN weights of every cached rollout, each normalised within its full group (Eq. 6)."""
-        return rank_gan_weights(self.rewards, self.group_ids, temperature)
-
     def minibatches(
         self,
         batch_size: int,
         num_batches: int,
         *,
-        temperature: float,
         generator: torch.Generator | None = None,
         process_index: int = 0,
         num_processes: int = 1,
     ) -> list[RolloutBatch]:
         """Draw `num_batches` minibatches without replacement, reshuffling each time the buffer is used up.
 
-        `temperature` is the Rank-GAN τ (`RankEConfig.rank_gan_temperature`); the weights are computed over the whole
-        buffer, so each group is normalised over all its G rollouts, not over the rows that land in one minibatch.
+        Each batch carries its rows' buffer indices (`rows`), so per-row quantities computed over the whole buffer
+        (Stage 2's Rank-GAN weights, normalised over each full group) can be looked up for it.
 
         With several processes holding the same buffer (the trainer adds the gathered batch on every rank) and the
         same `generator` seed, each global batch of `batch_size * num_processes` rows is split so every process gets
@@ -153,7 +145,6 @@ class RolloutBuffer:
         if per_process < 1:
             raise ValueError(f"{len(self)} cached rollouts cannot be split over {num_processes} processes.")
         global_size = per_process * num_processes
-        weights = self.weights(temperature)
         order = torch.empty(0, dtype=torch.long)
         batches = []
         for _ in range(num_batches):
@@ -167,7 +158,7 @@ class RolloutBuffer:
                     [self.prompts[i] for i in rows.tolist()],
                     self.rewards[rows],
                     self.group_ids[rows],
-                    weights[rows],
+                    rows,
                 )
             )
         return batches

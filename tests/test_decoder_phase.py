@@ -74,7 +74,7 @@ def make_buffer(num_rollouts=8, group_size=4, seed=0):
 
 def rollouts(buffer=None, seed=0):
     buffer = buffer or make_buffer()
-    return buffer.minibatches(4, 1, temperature=0.1, generator=torch.Generator().manual_seed(seed))[0]
+    return buffer.minibatches(4, 1, generator=torch.Generator().manual_seed(seed))[0]
 
 
 def real_images(batch=2, seed=0):
@@ -310,7 +310,7 @@ def test_run_fails_clearly_when_the_corpus_runs_out(tmp_path, codec):
 
 def test_resume_from_state_dict_matches_an_uninterrupted_run(tmp_path, base_vq):
     args = make_args(tmp_path, lambda_rbp=0.5, lambda_gan=0.1, lambda_rec=1.0, lambda_cons=1.0, ema_decay=0.9)
-    batches = make_buffer().minibatches(4, 4, temperature=0.1, generator=torch.Generator().manual_seed(0))
+    batches = make_buffer().minibatches(4, 4, generator=torch.Generator().manual_seed(0))
     reals = [real_images(seed=i) for i in range(4)]
 
     def new_phase(decoder_state=None):
@@ -375,3 +375,18 @@ def test_ranks_stay_identical_under_torch_distributed(tmp_path):
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert torch.equal(results[0]["params"], results[1]["params"])
     assert results[0]["metrics"] == results[1]["metrics"]  # metrics are averaged across ranks
+
+
+def test_rank_gan_weights_of_a_phase_are_normalised_over_each_full_group(tmp_path, codec, monkeypatch):
+    from ranke_trl.decoder.losses import rank_gan_weights
+
+    phase = DecoderPhase(codec, make_args(tmp_path, lambda_gan=1.0, rank_gan_temperature=0.5, decoder_batch_size=3))
+    buffer = make_buffer(num_rollouts=8, group_size=4)
+    expected = rank_gan_weights(buffer.rewards, buffer.group_ids, 0.5)
+    seen = []
+    monkeypatch.setattr(phase, "step", lambda rollouts, pixels, codes, weights: seen.append((rollouts, weights)) or {})
+    phase.run(buffer, itertools.repeat(real_images(3)), num_steps=3)
+    # Minibatches of 3 rows never hold a whole group of 4, yet each row keeps its full-group weight.
+    assert len(seen) == 3
+    for batch, weights in seen:
+        assert torch.allclose(weights, expected[batch.rows])

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from ranke_trl.decoder.losses import rank_gan_weights
 from ranke_trl.rollout_buffer import RolloutBuffer
 
 N = 4  # codes per rollout
@@ -40,22 +39,22 @@ def test_non_finite_reward_is_rejected():
         RolloutBuffer().add(torch.zeros(2, N), ["a", "a"], [0, 0], [1.0, float("nan")])
 
 
-def test_minibatch_weights_are_normalised_over_full_groups():
+def test_minibatches_carry_their_rows_buffer_indices():
     buffer = RolloutBuffer()
     _add_groups(buffer, num_groups=3, group_size=4)
-    expected = rank_gan_weights(buffer.rewards, buffer.group_ids, temperature=1.0)
     gen = torch.Generator().manual_seed(0)
-    # Minibatches of 3 rows rarely hold a whole group, yet each row keeps its full-group weight.
-    for batch in buffer.minibatches(3, 4, temperature=1.0, generator=gen):
+    # Stage 2 looks its full-group Rank-GAN weights up by these indices.
+    for batch in buffer.minibatches(3, 4, generator=gen):
         rows = [int(torch.nonzero((buffer.codes == c).all(dim=1))) for c in batch.codes]
-        assert torch.allclose(batch.weights, expected[rows])
+        assert batch.rows.tolist() == rows
         assert batch.prompts == [buffer.prompts[r] for r in rows]
+        assert torch.equal(batch.rewards, buffer.rewards[rows])
 
 
 def test_minibatches_do_not_repeat_rows_within_a_pass():
     buffer = RolloutBuffer()
     _add_groups(buffer, num_groups=4)  # 8 rollouts
-    batches = buffer.minibatches(4, 2, temperature=float("inf"), generator=torch.Generator().manual_seed(1))
+    batches = buffer.minibatches(4, 2, generator=torch.Generator().manual_seed(1))
     seen = torch.cat([b.codes[:, 0] for b in batches]).tolist()
     assert sorted(seen) == sorted(buffer.codes[:, 0].tolist())
 
@@ -64,7 +63,7 @@ def test_minibatches_give_each_process_a_disjoint_slice():
     buffer = RolloutBuffer()
     _add_groups(buffer, num_groups=4)
     slices = [
-        buffer.minibatches(2, 1, temperature=1.0, generator=torch.Generator().manual_seed(3), process_index=rank,
+        buffer.minibatches(2, 1, generator=torch.Generator().manual_seed(3), process_index=rank,
                            num_processes=2)[0]
         for rank in range(2)
     ]
@@ -78,7 +77,7 @@ def test_clear_policy_empties_the_buffer_at_end_of_phase():
     buffer.end_phase()
     assert len(buffer) == 0
     with pytest.raises(ValueError, match="empty"):
-        buffer.minibatches(2, 1, temperature=1.0)
+        buffer.minibatches(2, 1)
 
 
 def test_fifo_policy_evicts_the_oldest_whole_groups_on_add():
@@ -100,9 +99,9 @@ def test_state_dict_round_trip_restores_contents_and_group_counter():
     for name in ("codes", "group_ids", "rewards"):
         assert torch.equal(getattr(restored, name), getattr(buffer, name))
     assert restored.prompts == buffer.prompts
-    draw = lambda b: b.minibatches(2, 3, temperature=0.5, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    draw = lambda b: b.minibatches(2, 3, generator=torch.Generator().manual_seed(0))  # noqa: E731
     for x, y in zip(draw(buffer), draw(restored)):
-        assert torch.equal(x.codes, y.codes) and torch.equal(x.weights, y.weights)
+        assert torch.equal(x.codes, y.codes) and torch.equal(x.rows, y.rows)
     _add_groups(restored, num_groups=1)
     assert restored.group_ids[-1].item() == 2  # new groups continue the counter
 

@@ -28,16 +28,14 @@ def rank_gan_weights(rewards: torch.Tensor, group_ids: torch.Tensor, temperature
         rewards: (M,) scalar rewards, on the scale the reward returns.
         group_ids: (M,) integer group label of each row; rows sharing a label are one prompt's G rollouts. The
             groups must be complete (all G rollouts), since the weights of a group sum to its size.
-        temperature: τ > 0; `inf` gives uniform weights (a plain GAN), τ → 0 puts all of a group's weight on its
-            best sample (ties share it).
+        temperature: τ > 0 (validated once, by `RankEConfig.rank_gan_temperature`); `inf` gives uniform weights
+            (a plain GAN), τ → 0 puts all of a group's weight on its best sample (ties share it).
 
     Returns:
         (M,) float32 weights, detached, with `Σ_{i in group} w_i = G` for every group.
     """
     if rewards.shape != group_ids.shape or rewards.dim() != 1:
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must both be (M,).")
-    if not (temperature > 0):
-        raise ValueError(f"Rank-GAN temperature must be > 0 or inf, got {temperature}.")
     rewards = rewards.detach().float()
     if math.isinf(temperature) or rewards.numel() == 0:
         return torch.ones_like(rewards)

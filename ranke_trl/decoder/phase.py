@@ -25,12 +25,13 @@ from .losses import (
     consistency_loss,
     discriminator_loss,
     rank_gan_generator_loss,
+    rank_gan_weights,
     reconstruction_loss,
     reward_backprop_loss,
 )
 from .perceptual import build_lpips
 
-if TYPE_CHECKING:  # the buffer imports the Rank-GAN weights from this package
+if TYPE_CHECKING:
     from ..rollout_buffer import RolloutBatch, RolloutBuffer
 
 logger = logging.getLogger(__name__)
@@ -201,14 +202,20 @@ class DecoderPhase:
         return self.ema_teacher.codec.module if self.ema_teacher is not None else None
 
     # ------------------------------------------------------------------------------------------------ one step
+    def rank_gan_weights(self, rewards: torch.Tensor, group_ids: torch.LongTensor) -> torch.Tensor:
+        """(M,) Rank-GAN weights (Eq. 6) of rollouts, each normalised within its group at `rank_gan_temperature`."""
+        return rank_gan_weights(rewards, group_ids, self.args.rank_gan_temperature)
+
     def step(self, rollouts: RolloutBatch, real_pixels: torch.Tensor | None = None,
-             real_codes: torch.LongTensor | None = None) -> dict[str, float]:
+             real_codes: torch.LongTensor | None = None, rank_weights: torch.Tensor | None = None) -> dict[str, float]:
         """One decoder step, then one discriminator step (when λ_gan > 0).
 
         Args:
-            rollouts: a minibatch from the :class:`RolloutBuffer` (codes, prompts, Rank-GAN weights).
+            rollouts: a minibatch from the :class:`RolloutBuffer` (codes, prompts, rewards, group ids).
             real_pixels: (B_r, 3, H, W) corpus images in [-1, 1]; needed when λ_rec > 0 or λ_gan > 0.
             real_codes: (B_r, N) their ground-truth codes for L_rec; encoded here with the frozen encoder when None.
+            rank_weights: (b,) the rollouts' Rank-GAN weights. :meth:`run` passes weights normalised over each
+                *full* group of the buffer; when None they are computed over the groups as they appear in `rollouts`.
 
         Returns:
             Metrics of this step as floats (see :meth:`run` for the keys).
@@ -219,6 +226,10 @@ class DecoderPhase:
                 "lambda_rec > 0 or lambda_gan > 0 needs corpus images: pass real_pixels (B, 3, H, W) in [-1, 1]."
             )
         rollouts = rollouts.to(self.device)
+        if args.lambda_gan > 0 and rank_weights is None:
+            rank_weights = self.rank_gan_weights(rollouts.rewards, rollouts.group_ids)
+        if rank_weights is not None:
+            rank_weights = rank_weights.to(self.device)
         if real_pixels is not None:
             real_pixels = real_pixels.to(self.device, torch.float32)
         metrics: dict[str, float] = {}
@@ -227,7 +238,7 @@ class DecoderPhase:
             if real_pixels is not None and real_pixels.shape[1:] != fake.shape[1:]:
                 raise ValueError(f"Corpus images are {tuple(real_pixels.shape[1:])} but the decoder renders "
                                  f"{tuple(fake.shape[1:])}; resize the corpus to the codec's image size.")
-            loss = self._decoder_loss(fake, rollouts, real_pixels, real_codes, metrics)
+            loss = self._decoder_loss(fake, rollouts, rank_weights, real_pixels, real_codes, metrics)
         ok = self._optimise(
             loss, self.decoder_params, self.decoder_optimizer, self.decoder_scheduler, "decoder", metrics
         )
@@ -239,15 +250,15 @@ class DecoderPhase:
         self.num_steps += 1
         return metrics
 
-    def _decoder_loss(self, fake, rollouts, real_pixels, real_codes, metrics) -> torch.Tensor:
+    def _decoder_loss(self, fake, rollouts, rank_weights, real_pixels, real_codes, metrics) -> torch.Tensor:
         args, terms = self.args, {}
         if args.lambda_rbp > 0:
             images01 = ((fake.float() + 1) / 2).clamp(0, 1)  # the [0, 1] images Stage 1 scored
             terms["rbp"] = reward_backprop_loss(images01, rollouts.prompts, self.rbp_fns, self.rbp_weights)
         if args.lambda_gan > 0:
             # The raw output, not clamped: out-of-range pixels are something the discriminator should see.
-            terms["gan"] = rank_gan_generator_loss(self.discriminator(fake), rollouts.weights, args.gan_loss)
-            w = rollouts.weights.float()
+            terms["gan"] = rank_gan_generator_loss(self.discriminator(fake), rank_weights, args.gan_loss)
+            w = rank_weights.float()
             metrics["rank_weight_max"] = w.max().item()
             metrics["rank_weight_ess"] = (w.sum() ** 2 / (w**2).sum()).item()  # per minibatch, in [1, b]
         if args.lambda_rec > 0:
@@ -367,9 +378,11 @@ class DecoderPhase:
             generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.num_steps)
         rank = dist.get_rank() if _world_size() > 1 else 0
         batches = buffer.minibatches(
-            self.args.decoder_batch_size, num_steps, temperature=self.args.rank_gan_temperature,
-            generator=generator, process_index=rank, num_processes=_world_size(),
+            self.args.decoder_batch_size, num_steps, generator=generator, process_index=rank,
+            num_processes=_world_size(),
         )
+        # Over the whole buffer, so each group is normalised over all its G rollouts, not the rows of one minibatch.
+        weights = self.rank_gan_weights(buffer.rewards, buffer.group_ids) if self.args.lambda_gan > 0 else None
         corpus = iter(corpus_batches) if corpus_batches is not None else None
         sums, counts = defaultdict(float), defaultdict(int)
         for rollouts in batches:
@@ -381,7 +394,8 @@ class DecoderPhase:
                     raise ValueError(f"corpus_batches ran out before the {num_steps} decoder steps of this phase; "
                                      "pass an endless iterator (e.g. itertools.cycle over a DataLoader).") from None
                 real_pixels, real_codes = item if isinstance(item, (tuple, list)) else (item, None)
-            for key, value in self.step(rollouts, real_pixels, real_codes).items():
+            batch_weights = weights[rollouts.rows] if weights is not None else None
+            for key, value in self.step(rollouts, real_pixels, real_codes, batch_weights).items():
                 sums[key] += value
                 counts[key] += 1
         metrics = {key: sums[key] / counts[key] for key in sums}
