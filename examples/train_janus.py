@@ -39,7 +39,8 @@ def main(argv=None):
         before = world(trainer.model, trainer.policy, trainer.codec, config.seed)[0]
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
-    trainer.print_summary()
+    if trainer.accelerator.is_main_process:
+        print(trainer.summary())
     if world is not None:
         after = world(trainer.model, trainer.policy, trainer.codec, config.seed)[0]
         if trainer.accelerator.is_main_process:

@@ -10,20 +10,23 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .sampling import SamplingArguments
+
 
 @dataclass
-class RankEConfig(GRPOConfig):
+class RankEConfig(SamplingArguments, GRPOConfig):
     r"""Configuration of [`RankEGRPOTrainer`].
 
     TRL's own fields keep their names and meaning (`temperature`, `top_k`, `top_p`, `beta`, `epsilon`,
     `num_generations`, `loss_type`, `sync_ref_model`, ...). Their defaults are changed to the paper's Stage 1
     (METHOD.md): `loss_type="grpo"`, `beta=0.05`, `top_p=0.9`, `sync_ref_model=True` and `weight_decay=0.01`.
+    The sampling settings (`guidance_scale`, `temperature`, `top_k`, `top_p`, `logprob_mode`) are defined once, in
+    `ranke_trl.sampling.SamplingArguments`, which evaluation shares.
     """
 
     # ------------------------------------------------------------------ TRL fields with the paper's defaults
     loss_type: str = field(default="grpo", metadata={"help": "GRPO loss aggregation; the paper's Eq. 3 is 'grpo'."})
     beta: float = field(default=0.05, metadata={"help": "KL coefficient to the EMA reference policy (paper: 0.05)."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling threshold for rollouts (paper: 0.9)."})
     sync_ref_model: bool = field(
         default=True,
         metadata={"help": "Keep the reference policy as an EMA of the policy (paper: EMA reference)."},
@@ -47,18 +50,6 @@ class RankEConfig(GRPOConfig):
     )
 
     # ------------------------------------------------------------------ rollouts
-    guidance_scale: float = field(
-        default=5.0,
-        metadata={"help": "Classifier-free guidance scale `s` in `u + s(c - u)`; 1 disables CFG (ours: 5.0, Janus's default)."},
-    )
-    logprob_mode: str = field(
-        default="guided",
-        metadata={
-            "help": "Which distribution the GRPO log-probs score. 'guided': the CFG-combined, temperature-scaled "
-            "distribution the rollouts were drawn from, before top-k/top-p truncation (ours). 'conditional': the "
-            "conditional branch alone, temperature-scaled."
-        },
-    )
     generation_chunk_size: int | None = field(
         default=None,
         metadata={"help": "Rollouts sampled and decoded per forward on each process; None = the whole local batch (ours)."},
@@ -168,12 +159,12 @@ class RankEConfig(GRPOConfig):
     def __post_init__(self):
         if isinstance(self.rank_gan_temperature, str):
             self.rank_gan_temperature = float(self.rank_gan_temperature)
+        self.resolve_sampling()  # before TRL's checks, which read temperature, top_k and top_p
         super().__post_init__()
         self._validate_ranke()
 
     def _validate_ranke(self):
         choices = {
-            "logprob_mode": ("guided", "conditional"),
             "rollout_cache": ("clear", "fifo"),
             "gan_loss": ("non_saturating", "hinge"),
             "lpips_net": ("vgg", "alex"),
@@ -186,8 +177,6 @@ class RankEConfig(GRPOConfig):
                 "mask_truncated_completions=True would zero the whole loss: image-token rollouts have no EOS, so "
                 "every one counts as truncated. Set it to False."
             )
-        if self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables CFG), got {self.guidance_scale}.")
         if not (self.rank_gan_temperature > 0 or math.isinf(self.rank_gan_temperature)):
             raise ValueError(f"rank_gan_temperature must be > 0 or inf, got {self.rank_gan_temperature}.")
         for name in ("lambda_rbp", "lambda_gan", "lambda_rec", "lambda_cons", "lambda_lpips"):

@@ -1,11 +1,28 @@
 """`RankEGRPOTrainer`: TRL's `GRPOTrainer` on image tokens (Stage 1, the E-step), with the decoder phase (Stage 2,
 the M-step) run at phase boundaries.
 
-Overrides, each as small as it can be:
-- `_generate`: CFG rollouts with the policy adapter's sampler; completions are codes.
-- `_calculate_rewards`: decodes the codes with the *current* decoder and hands images to the reward functions.
+The backbone is reached only through its adapter (`self.policy`, an `ImageTokenPolicy`) and its VQ tokenizer
+(`self.codec`, a `VQCodec`, detached from the policy so that neither the policy's optimizer nor its DeepSpeed engine
+owns the decoder). Overrides of `GRPOTrainer`, each as small as it can be and calling `super()` where TRL's logic
+still applies:
+
+- `__init__`: builds the adapter, detaches the codec, builds the EMA reference policy from the in-memory policy
+  (TRL would rebuild it from `config._name_or_path`), the rollout cache and the decoder phase. It works on a copy
+  of `args`, so the caller's config is never changed.
+- `_generate_and_score_completions`: keeps the corpus image column away from TRL's VLM path.
+- `_generate`: CFG rollouts with the adapter's KV-cached sampler; completions are codes.
+- `_calculate_rewards`: decodes the codes with the *current* decoder and hands `[0, 1]` images to the rewards;
+  then logs the shift diagnostics and fills the rollout cache.
 - `_get_per_token_logps_and_entropies`: teacher-forced code log-probs through the wrapped model.
-Everything else (advantages, the clipped loss, KL, logging, the EMA reference callback) is TRL's.
+- `training_step`: in Decoder-only mode, draws and caches rollouts without a policy gradient.
+- `log`: also logs a grid of rollout images every `log_images_steps`.
+- `create_model_card`: RankE's card (`hub.write_model_card`).
+- save/load hooks (`save_model`, `_save`, `_save_checkpoint`, `_load_from_checkpoint`,
+  `_load_optimizer_and_scheduler`, `_push_from_checkpoint`): in `checkpointing.RankECheckpointing`.
+
+Everything else (advantages, the clipped loss, the KL to the reference, its EMA callback, logging) is TRL's.
+FSDP is refused at start-up: the decoder phase and the detached codec are written for one process, DDP and
+DeepSpeed ZeRO.
 """
 
 from __future__ import annotations
@@ -14,7 +31,6 @@ import contextlib
 import copy
 import logging
 import os
-import shutil
 from collections.abc import Callable
 
 import torch
@@ -22,24 +38,23 @@ from accelerate.utils import gather, gather_object, is_peft_model
 from torch import nn
 from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import GRPOTrainer
-from trl.models import prepare_deepspeed, unwrap_model_for_generation
-from trl.trainer.callbacks import SyncRefModelCallback
-from trl.trainer.utils import disable_dropout_in_model, get_callable_name, is_async_callable
+from trl.models import unwrap_model_for_generation
+from trl.trainer import grpo_trainer
+from trl.trainer.utils import get_callable_name, is_async_callable
 
+from .checkpointing import DECODER_DIR, RankECheckpointing
 from .config import RankEConfig
 from .corpus import CorpusImages, encode_corpus
 from .decoder import DecoderPhase
 from .diagnostics import CodeHistogram, ShiftDiagnostics
-from .distributed import gathered, is_zero3_partitioned, unpartitioned_copy, with_submodule_weights
+from .distributed import is_zero3_partitioned, unpartitioned_copy
 from .hub import write_model_card
 from .image_logging import log_image_grid
 from .policy import load_policy_model, make_policy
 from .rewards import OpenClipReward, prompt_text
 from .rollout_buffer import RolloutBuffer
+from .sampling import describe_sampling
 from .schedule import DecoderPhaseCallback, corpus_batches
-
-STAGE2_STATE = "ranke_stage2.pt"
-REFERENCE_STATE = "ref_model.safetensors"  # the EMA reference policy (sync_ref_model), which TRL does not checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +83,36 @@ class _NamedReward:
         return list(out)
 
 
-class RankEGRPOTrainer(GRPOTrainer):
+@contextlib.contextmanager
+def _reference_policy(reference: nn.Module | None):
+    """While TRL's `__init__` runs, make its reference-model factory return `reference`, our in-memory copy.
+
+    TRL builds the reference with `create_model_from_path(config._name_or_path)`, which fails for a model built in
+    memory and would carry the VQ model; everything TRL does with the reference afterwards (dropout, DeepSpeed
+    preparation, the EMA `SyncRefModelCallback`) stays TRL's.
+    """
+    if reference is None:
+        yield
+        return
+    original = grpo_trainer.create_model_from_path
+    grpo_trainer.create_model_from_path = lambda *args, **kwargs: reference
+    try:
+        yield
+    finally:
+        grpo_trainer.create_model_from_path = original
+
+
+def _refuse_fsdp(args: RankEConfig) -> None:
+    uses_fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if uses_fsdp:
+        raise ValueError(
+            "RankEGRPOTrainer does not support FSDP: the VQ decoder trains outside the policy's wrapper, which only "
+            "one process, DDP and DeepSpeed ZeRO-2/3 handle. Launch with DeepSpeed ZeRO-3 instead "
+            "(recipes/accelerate/zero3.yaml) to shard the policy."
+        )
+
+
+class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
     """GRPO on the image tokens of a discrete autoregressive text-to-image model, with RankE decoder co-evolution.
 
     A drop-in replacement for `trl.GRPOTrainer`:
@@ -104,6 +148,9 @@ class RankEGRPOTrainer(GRPOTrainer):
             args = RankEConfig(f"{os.path.basename(str(name).rstrip('/'))}-RankE")
         if not isinstance(args, RankEConfig):
             raise TypeError(f"`args` must be a RankEConfig, got {type(args).__name__}.")
+        _refuse_fsdp(args)
+        # RankE (max_completion_length, LoRA's reference) and TRL adjust settings on the trainer's own copy.
+        args = copy.deepcopy(args)
         if isinstance(model, str):
             model, processing_class = load_policy_model(model, args, processing_class)
         self.processor = processing_class if isinstance(processing_class, ProcessorMixin) else None
@@ -127,14 +174,11 @@ class RankEGRPOTrainer(GRPOTrainer):
         if use_peft:
             peft_config = self._prepare_lora(peft_config, args)
 
-        # TRL would rebuild the reference from `config._name_or_path`, which fails for in-memory models and would
-        # carry the VQ model; build it here from the policy instead (same parameters, so SyncRefModel's EMA works).
-        # With LoRA there is none: TRL scores the reference by disabling the adapter.
-        beta, sync_ref = args.beta, args.sync_ref_model
-        needs_ref = beta != 0.0 and not use_peft
-        ref_model = unpartitioned_copy(model).eval().requires_grad_(False) if needs_ref else None
-        args.beta, args.sync_ref_model = (0.0, False) if needs_ref else (beta, sync_ref)
-        try:
+        # The reference policy is a copy of the in-memory policy (same parameters, so the EMA sync works). With LoRA
+        # there is none: TRL scores the reference by disabling the adapter.
+        needs_ref = args.beta != 0.0 and not use_peft
+        reference = unpartitioned_copy(model).eval().requires_grad_(False) if needs_ref else None
+        with _reference_policy(reference):
             super().__init__(
                 model=model,
                 reward_funcs=reward_funcs,
@@ -146,16 +190,10 @@ class RankEGRPOTrainer(GRPOTrainer):
                 optimizers=optimizers,
                 peft_config=peft_config,
             )
-        finally:
-            args.beta, args.sync_ref_model = beta, sync_ref
-        self.beta = beta
         self.reward_funcs = [
             f if isinstance(f, nn.Module) or is_async_callable(f) else _NamedReward(f, n)
             for f, n in zip(self.reward_funcs, self.reward_func_names, strict=True)
         ]
-        if ref_model is not None:
-            self._setup_ref_model(ref_model, sync_ref)
-
         self.codec.module.to(self.accelerator.device).eval().requires_grad_(False)
         for func in reward_funcs:  # each rank scores on its own device, not on the CPU a reward was built on
             if isinstance(func, OpenClipReward) and func.device.type == "cpu":
@@ -174,12 +212,12 @@ class RankEGRPOTrainer(GRPOTrainer):
             )
             self.add_callback(DecoderPhaseCallback(self))
         if self.accelerator.is_main_process:  # the scored distribution is a modelling choice: say it where it shows
-            print(
-                f"RankE: {self.policy.num_image_tokens} image tokens per rollout, codebook {self.policy.codebook_size}, "
-                f"CFG {args.guidance_scale:g}; GRPO log-probs score the {args.logprob_mode} distribution "
-                f"({'CFG-combined' if args.logprob_mode == 'guided' else 'conditional branch'}, temperature "
-                f"{args.temperature:g}, before top-k/top-p truncation). Modes: policy {'on' if args.train_policy else 'off'}, "
-                f"decoder {'on' if args.train_decoder else 'off'}."
+            logger.info(
+                "RankE: %d image tokens per rollout, codebook %d; sampling: %s (log-probs score the %s distribution, "
+                "before top-k/top-p truncation). Policy %s, decoder %s.",
+                self.policy.num_image_tokens, self.policy.codebook_size, describe_sampling(args.sampling_settings()),
+                "CFG-combined" if args.logprob_mode == "guided" else "conditional-branch",
+                "on" if args.train_policy else "off", "on" if args.train_decoder else "off",
             )
         self._last_rollouts = None  # (images (B,3,H,W) in [0,1], prompts) of the latest batch, for image logging
         self._shift_diagnostics = None
@@ -239,16 +277,6 @@ class RankEGRPOTrainer(GRPOTrainer):
             )
             args.sync_ref_model = False
         return peft_config
-
-    def _setup_ref_model(self, ref_model: nn.Module, sync_ref: bool) -> None:
-        if self.args.disable_dropout:
-            disable_dropout_in_model(ref_model)
-        if self.is_deepspeed_enabled:
-            self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
-        else:
-            self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
-        if sync_ref:
-            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
 
     # ------------------------------------------------------------------------------------------------ Stage 1
     def _generate_and_score_completions(self, inputs):
@@ -413,131 +441,7 @@ class RankEGRPOTrainer(GRPOTrainer):
         held = min(self.args.decoder_batch_size, size // 2)
         return list(range(size - held, size)), list(range(size - held)) or list(range(size))
 
-    # ------------------------------------------------------------------------------------------------ saving
-    @property
-    def _is_zero3(self) -> bool:
-        return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Save the whole co-evolved system: the policy with the VQ re-attached, plus a standalone `decoder/`.
-
-        With LoRA the policy part is the adapter alone (PEFT's `save_pretrained`); the decoder is always whole.
-        """
-        output_dir = output_dir or self.args.output_dir
-        # ZeRO-3 gathers the engine's own parameters one module at a time and cannot gather the VQ, which lives
-        # outside the engine; `_save` adds its weights to the gathered state dict instead.
-        attached = contextlib.nullcontext() if self._is_zero3 else self.policy.codec_attached(self.model, self.codec)
-        with attached:
-            super().save_model(output_dir, _internal_call)
-        if self.args.should_save:
-            self.codec.module.save_pretrained(os.path.join(output_dir, "decoder"))
-            if self.processor is not None:
-                self.processor.save_pretrained(output_dir)
-            if not _internal_call:
-                self.create_model_card(output_dir=output_dir)
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        if not state_dict:  # one process: `save_pretrained` reads the model with the VQ attached by `save_model`
-            return super()._save(output_dir, state_dict)
-        with self.policy.codec_attached(self.model, self.codec):
-            return super()._save(output_dir, with_submodule_weights(state_dict, self.model, self.codec.module))
-
-    def _ema_reference(self) -> nn.Module | None:
-        """The EMA reference policy (unwrapped) when the run keeps one (`sync_ref_model`), else None."""
-        if getattr(self, "ref_model", None) is None or not self.args.sync_ref_model:
-            return None
-        return self.accelerator.unwrap_model(self.ref_model)
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        reference = self._ema_reference()
-        if reference is not None:  # it has moved away from the initial policy; resuming must not reset it
-            from safetensors.torch import save_file
-
-            with gathered(reference):  # collective under ZeRO-3; only the saving process copies the weights
-                if self.args.should_save:
-                    state = {k: v.detach().cpu().clone() for k, v in reference.state_dict().items()}
-                    save_file(state, os.path.join(folder, REFERENCE_STATE))
-        if self.decoder_phase is None:
-            return
-        if self.args.should_save:
-            teacher = self.decoder_phase.ema_teacher_module()
-            if teacher is not None:
-                teacher.save_pretrained(os.path.join(folder, "ema_decoder"))
-            state = {
-                "decoder_phase": self.decoder_phase.state_dict(),
-                "rollout_buffer": self.rollout_buffer.state_dict(),
-                "decoder_phases": self._decoder_phases,
-            }
-            torch.save(state, os.path.join(folder, STAGE2_STATE))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # The checkpoint's weights hold the VQ model too (saved attached); load them with it attached.
-        with self.policy.codec_attached(self.model, self.codec):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
-            self._load_ema_reference(checkpoint)
-        if checkpoint is None or self.decoder_phase is None:
-            return
-        path = os.path.join(checkpoint, STAGE2_STATE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{checkpoint} has no {STAGE2_STATE}: it was not written by a RankE run with train_decoder=True, so "
-                "the decoder phase cannot resume from it."
-            )
-        self._load_decoder_weights(checkpoint)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.decoder_phase.load_state_dict(state["decoder_phase"])
-        self.rollout_buffer.load_state_dict(state["rollout_buffer"])
-        self._decoder_phases = state["decoder_phases"]
-
-    def _load_ema_reference(self, checkpoint: str) -> None:
-        reference = self._ema_reference()
-        if reference is None:
-            return
-        path = os.path.join(checkpoint, REFERENCE_STATE)
-        if not os.path.isfile(path):
-            logger.warning(
-                f"{checkpoint} has no {REFERENCE_STATE} (it predates reference checkpointing or ran without "
-                "sync_ref_model): the EMA reference policy restarts from the initial model."
-            )
-            return
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-        with gathered(reference, modifier_rank=0), torch.no_grad():
-            reference.load_state_dict(state)
-
-    def _load_decoder_weights(self, checkpoint: str) -> None:
-        """Restore the co-evolved VQ from the checkpoint's `decoder/`, in place (the optimisers hold its parameters).
-
-        One process restores it with the policy's weights too; DeepSpeed restores only its engine's module, and a
-        LoRA checkpoint's weights are the adapter's, so `decoder/` is where the decoder always comes from.
-        """
-        from safetensors.torch import load_file
-
-        path = os.path.join(checkpoint, "decoder", "model.safetensors")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path} is missing, so the co-evolved decoder cannot be restored. Resume from a checkpoint written by "
-                "RankEGRPOTrainer (it saves `decoder/` in every checkpoint)."
-            )
-        self.codec.module.load_state_dict(load_file(path))  # copied onto the parameters, wherever they are
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        # transformers copies only top-level weight and config files; the decoder and the card must travel too.
-        if self.args.should_save:
-            for sub in ("decoder",):
-                src = os.path.join(checkpoint_folder, sub)
-                if os.path.isdir(src):
-                    shutil.copytree(src, os.path.join(self.args.output_dir, sub), dirs_exist_ok=True)
-            self.create_model_card(output_dir=self.args.output_dir)
-        super()._push_from_checkpoint(checkpoint_folder)
-
+    # ------------------------------------------------------------------------------------------------ outputs
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir=None, **kwargs):
         """Write `README.md`: RankE, the base model, the rewards, the steps, the final metrics, how to load."""
         if not self.is_world_process_zero():
@@ -555,10 +459,8 @@ class RankEGRPOTrainer(GRPOTrainer):
                 images, prompts, step, self.args.output_dir, self.args.report_to, self.callback_handler.callbacks
             )
 
-    def print_summary(self) -> None:
-        """Print the last logged metrics and where the samples, checkpoints and final model are (main process)."""
-        if not self.accelerator.is_main_process:
-            return
+    def summary(self) -> str:
+        """The last logged metrics and where the samples, checkpoints and final model are, for the console."""
         last = {}
         for entry in self.state.log_history:
             last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
@@ -567,11 +469,11 @@ class RankEGRPOTrainer(GRPOTrainer):
         lines = [f"RankE finished {self.state.global_step} steps."]
         lines += [f"  {k:<40} {last[k]:.4g}" for k in sorted(keys)]
         lines.append(f"  final model (policy + co-evolved VQ): {out}")
-        if os.path.isdir(os.path.join(out, "decoder")):
-            lines.append(f"  standalone decoder:                   {os.path.join(out, 'decoder')}")
+        if os.path.isdir(os.path.join(out, DECODER_DIR)):
+            lines.append(f"  standalone decoder:                   {os.path.join(out, DECODER_DIR)}")
         if os.path.isdir(os.path.join(out, "samples")):
             lines.append(f"  sample grids:                         {os.path.join(out, 'samples')}")
         checkpoints = sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) if os.path.isdir(out) else []
         if checkpoints:
             lines.append(f"  checkpoints:                          {', '.join(checkpoints)}")
-        print("\n".join(lines))
+        return "\n".join(lines)

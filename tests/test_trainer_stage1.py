@@ -209,3 +209,22 @@ def test_sample_grid_reaches_tensorboard(tmp_path, tiny_janus, tiny_processor):
     events.Reload()
     assert "samples" in events.Tags()["images"]
     assert "rewards/redness/mean" in {t.split("train/")[-1] for t in events.Tags()["scalars"]}
+
+
+def test_the_config_passed_in_is_unchanged_by_the_trainer(tmp_path, tiny_janus, tiny_processor):
+    import copy
+
+    args = _args(tmp_path, max_steps=1)
+    before = copy.deepcopy(args)
+    trainer = RankEGRPOTrainer(model=tiny_janus, reward_funcs=[RecordingReward()], args=args,
+                               train_dataset=_dataset(), processing_class=tiny_processor)
+    trainer.train()
+    assert args == before  # TRL and RankE adjust their own copy
+    assert trainer.args.max_completion_length == 64 and args.max_completion_length == before.max_completion_length
+    assert trainer.beta == args.beta and trainer.ref_model is not None
+
+
+def test_fsdp_is_refused_at_start_up_with_the_alternative(tmp_path, tiny_janus, tiny_processor, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="does not support FSDP.*ZeRO-3"):
+        _trainer(tmp_path, tiny_janus, tiny_processor)

@@ -78,9 +78,9 @@ def test_decoder_only_leaves_policy_bit_identical(tmp_path, tiny_janus, tiny_pro
 def test_next_rollouts_are_decoded_by_the_updated_decoder(tmp_path, tiny_janus, tiny_processor):
     trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
     codes = torch.randint(0, 256, (2, 64))
-    before = trainer.decode_images(codes)
+    before = trainer.codec.decode_images(codes)
     trainer.train()
-    assert not torch.allclose(before, trainer.decode_images(codes))
+    assert not torch.allclose(before, trainer.codec.decode_images(codes))
 
 
 def test_decoder_phase_metrics_are_logged(tmp_path, tiny_janus, tiny_processor):
