@@ -36,15 +36,24 @@ The repository holds the whole co-evolved system (policy with the co-evolved VQ 
 the co-evolved VQ tokenizer on its own.
 
 ```python
-from transformers import AutoProcessor, JanusForConditionalGeneration, JanusVQVAE
+from transformers import AutoProcessor
+from {model_module} import {model_class}
+from {decoder_module} import {decoder_class}
 
-model = JanusForConditionalGeneration.from_pretrained("{repo}")           # policy + co-evolved decoder
+model = {model_class}.from_pretrained("{repo}")           # policy + co-evolved decoder
 processor = AutoProcessor.from_pretrained("{repo}")
-decoder = JanusVQVAE.from_pretrained("{repo}", subfolder="decoder")      # the decoder alone
+decoder = {decoder_class}.from_pretrained("{repo}", subfolder="decoder")      # the decoder alone
 ```
 
-Generate with `ranke_trl.policy.JanusPolicy(processor, model).sample(...)`, or with
-`model.generate(..., generation_mode="image")`.
+Generate with the `ranke_trl` adapter of the backbone, with the run's sampling settings (`sampling_config.json`):
+
+```python
+from ranke_trl.policy import make_policy
+
+policy = make_policy(model, processor)
+codes = policy.sample(model, policy.encode_prompts(["a red square"]), guidance_scale={guidance}, top_p={top_p})
+images = policy.codec(model).decode_images(codes)  # (B, 3, H, W) in [0, 1]
+```
 """
 
 LORA_LOADING = """## How to load
@@ -52,13 +61,10 @@ LORA_LOADING = """## How to load
 The repository holds a LoRA adapter on the policy and, in `decoder/`, the co-evolved VQ tokenizer (trained in full).
 
 ```python
-from peft import PeftModel
-from transformers import AutoProcessor, JanusForConditionalGeneration, JanusVQVAE
+from ranke_trl.policy import load_policy_model
 
-base = JanusForConditionalGeneration.from_pretrained("{base_model}")
-model = PeftModel.from_pretrained(base, "{repo}").merge_and_unload()           # policy with the adapter merged
-model.model.vqmodel = JanusVQVAE.from_pretrained("{repo}", subfolder="decoder")  # the co-evolved decoder
-processor = AutoProcessor.from_pretrained("{repo}")
+# base model (from adapter_config.json) + adapter merged + the co-evolved decoder from decoder/
+model, processor = load_policy_model("{repo}", args)  # args: model_init_kwargs / trust_remote_code, e.g. a RankEConfig
 ```
 """
 
@@ -67,6 +73,13 @@ def _mode(args) -> str:
     if args.train_policy and args.train_decoder:
         return "RankE (GRPO + decoder co-evolution)"
     return "Std. RL (GRPO, frozen decoder)" if args.train_policy else "Decoder-only"
+
+
+def _import_path(cls: type) -> str:
+    """`transformers` for the classes it exports at top level, else the class's own module."""
+    import transformers
+
+    return "transformers" if getattr(transformers, cls.__name__, None) is cls else cls.__module__
 
 
 def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) -> str:
@@ -79,7 +92,10 @@ def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) 
     keys = sorted(k for k in last if k.startswith(("reward", "shift/", "decoder/")))
     metrics = "\n".join(f"- `{k}`: {last[k]:.4g}" for k in keys) or "- (no metrics logged yet)"
     rewards = ", ".join(f"`{n}` (weight {w:g})" for n, w in zip(trainer.reward_func_names, trainer.reward_weights.tolist()))
-    tags = ["ranke", "trl", "grpo", "text-to-image", "janus"]
+    from .policy import unwrap_model
+
+    model_cls, decoder_cls = type(unwrap_model(trainer.model)), type(trainer.codec.module)
+    tags = ["ranke", "trl", "grpo", "text-to-image", trainer.policy.model_type]
     card = CARD_TEMPLATE.format(
         name=os.path.basename(os.path.abspath(output_dir)),
         base_model=base_model,
@@ -96,6 +112,10 @@ def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) 
         logprob_mode=args.logprob_mode,
         metrics=metrics,
         repo=args.hub_model_id or output_dir,
+        model_module=_import_path(model_cls),
+        model_class=model_cls.__name__,
+        decoder_module=_import_path(decoder_cls),
+        decoder_class=decoder_cls.__name__,
     )
     if hasattr(trainer.model, "peft_config"):  # an adapter, not a whole model: show how to merge it
         head, _ = card.split("## How to load", 1)
