@@ -13,6 +13,7 @@ import torch
 
 from .base import ImageCodeLogProbs, ImageTokenPolicy, PromptBatch, VQCodec, unwrap_model, warp_logits
 from .janus import JanusPolicy, JanusVQCodec
+from .llamagen import LlamaGenPolicy
 
 BACKBONES: dict[str, type[ImageTokenPolicy]] = {}
 
@@ -29,6 +30,7 @@ def register_backbone(policy_cls: type[ImageTokenPolicy]) -> type[ImageTokenPoli
 
 
 register_backbone(JanusPolicy)
+register_backbone(LlamaGenPolicy)
 
 
 def backbone_for_model(model) -> type[ImageTokenPolicy]:
