@@ -45,7 +45,10 @@ class RankECheckpointing:
 
         With LoRA the policy part is the adapter alone (PEFT's `save_pretrained`); the decoder is always whole.
         """
-        output_dir = output_dir or self.args.output_dir
+        with self._policy_prepared():
+            self._save_system(output_dir or self.args.output_dir, _internal_call)
+
+    def _save_system(self, output_dir: str, _internal_call: bool) -> None:
         # ZeRO-3 gathers the engine's own parameters one module at a time and cannot gather the VQ, which lives
         # outside the engine; `_save` adds its weights to the gathered state dict instead.
         attached = contextlib.nullcontext() if self._is_zero3 else self.policy.codec_attached(self.model, self.codec)

@@ -166,6 +166,17 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         # policy's optimizer nor its DeepSpeed engine ever owns the decoder (NOTES.md).
         self.policy = make_policy(model, tokenizer, prompt_template=args.prompt_template)
         self.codec = self.policy.prepare_for_training(model)
+        self._prepared = True
+        try:
+            self._set_up(model, reward_funcs, args, train_dataset, eval_dataset, tokenizer, callbacks, optimizers,
+                         peft_config)
+        finally:
+            self._prepared = False
+            self.policy.restore_model(model, self.codec)  # the caller's model stays whole until `train()`
+
+    def _set_up(self, model, reward_funcs, args, train_dataset, eval_dataset, tokenizer, callbacks, optimizers,
+                peft_config) -> None:
+        """Everything `__init__` does with the policy prepared: TRL's `__init__`, the reference, Stage 2."""
         if is_zero3_partitioned(self.codec.module):
             # `from_pretrained` under ZeRO-3 partitioned the VQ with the policy; it trains outside the engine.
             self.codec.module = unpartitioned_copy(self.codec.module)
@@ -213,8 +224,8 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             self.add_callback(DecoderPhaseCallback(self))
         if self.accelerator.is_main_process:  # the scored distribution is a modelling choice: say it where it shows
             logger.info(
-                "RankE: %d image tokens per rollout, codebook %d; sampling: %s (log-probs score the %s distribution, "
-                "before top-k/top-p truncation). Policy %s, decoder %s.",
+                "RankE: %d image tokens per rollout, codebook %d; sampling: %s (log-probs score the %s "
+                "distribution, before top-k/top-p truncation). Policy %s, decoder %s.",
                 self.policy.num_image_tokens, self.policy.codebook_size, describe_sampling(args.sampling_settings()),
                 "CFG-combined" if args.logprob_mode == "guided" else "conditional-branch",
                 "on" if args.train_policy else "off", "on" if args.train_decoder else "off",
@@ -222,8 +233,42 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         self._last_rollouts = None  # (images (B,3,H,W) in [0,1], prompts) of the latest batch, for image logging
         self._shift_diagnostics = None
         self._corpus_codes = None
-        has_images = train_dataset is not None and args.image_column in getattr(train_dataset, "column_names", [])
+        columns = getattr(train_dataset, "column_names", None) or []
+        has_images = train_dataset is not None and args.image_column in columns
         self.corpus = CorpusImages(train_dataset, args.image_column, self.codec.image_size) if has_images else None
+
+    # ------------------------------------------------------------------------------------------------ the model
+    def _release_model(self) -> None:
+        self._prepared = False
+        self.policy.restore_model(self.model, self.codec)
+
+    @contextlib.contextmanager
+    def _policy_prepared(self):
+        """The policy as RankE trains it (VQ detached, image-code forward installed) inside the block, and the
+        caller's model whole again after it, also after an exception. Re-entrant."""
+        if self._prepared:
+            yield
+            return
+        codec = self.policy.prepare_for_training(self.model)
+        if codec.module is not self.codec.module:
+            self.policy.restore_model(self.model, codec)
+            raise RuntimeError(
+                "The model's VQ tokenizer was replaced after the trainer was built; the trainer co-evolves the one "
+                "it was given. Build a new trainer for another tokenizer."
+            )
+        self._prepared = True
+        try:
+            yield
+        finally:
+            self._release_model()
+
+    def train(self, *args, **kwargs):
+        with self._policy_prepared():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._policy_prepared():
+            return super().evaluate(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ set-up
     @staticmethod

@@ -197,6 +197,9 @@ class ToyPolicy(ImageTokenPolicy):
         toy.vq = None
         return codec
 
+    def restore_model(self, model, codec):
+        unwrap_model(model).vq = codec.module
+
     def attached_codec_module(self, model):
         return unwrap_model(model).vq
 

@@ -226,6 +226,11 @@ class ImageTokenPolicy(ABC):
         """
 
     @abstractmethod
+    def restore_model(self, model: nn.Module, codec: VQCodec) -> None:
+        """Undo :meth:`prepare_for_training`: attach `codec`'s module again and restore `model`'s own `forward` and
+        `requires_grad` flags, so the caller gets back the model it passed in, whole and working."""
+
+    @abstractmethod
     def attached_codec_module(self, model: nn.Module) -> nn.Module | None:
         """The VQ module currently attached to `model` (None once :meth:`prepare_for_training` detached it)."""
 

@@ -312,12 +312,31 @@ class JanusPolicy(ImageTokenPolicy):
         codec = JanusVQCodec(janus.model.vqmodel) if janus.model.vqmodel is not None else None
         if codec is None:
             raise ValueError("This Janus model has no VQ model attached (was it already prepared for training?).")
+        # What `restore_model` undoes: the instance `forward` (if the user had one) and the frozen flags.
+        unused = [p for m in (janus.model.vision_model, janus.model.aligner) for p in m.parameters()]
+        self._undo = {
+            "forward": janus.__dict__.get("forward"),
+            "requires_grad": [(p, p.requires_grad) for p in unused],
+        }
         detach_vq(janus)
         install_image_forward(janus, self)
         # Parameters that image generation never uses would leave DDP waiting for their gradients.
-        for module in (janus.model.vision_model, janus.model.aligner):
-            module.requires_grad_(False)
+        for param in unused:
+            param.requires_grad_(False)
         return codec
+
+    def restore_model(self, model: nn.Module, codec: JanusVQCodec) -> None:
+        janus = _unwrap(model)
+        undo = getattr(self, "_undo", None) or {"forward": None, "requires_grad": []}
+        janus.model.vqmodel = codec.module
+        # Our dispatching forward, and TRL's fused-LM-head wrapper around it, are instance attributes.
+        janus.__dict__.pop("_ranke_original_forward", None)
+        janus.__dict__.pop("forward", None)
+        if undo["forward"] is not None:
+            janus.forward = undo["forward"]
+        for param, flag in undo["requires_grad"]:
+            param.requires_grad_(flag)
+        self._undo = None
 
     def attached_codec_module(self, model: nn.Module) -> nn.Module | None:
         return _unwrap(model).model.vqmodel
