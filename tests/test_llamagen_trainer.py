@@ -105,3 +105,27 @@ def test_ranke_output_reloads_as_the_whole_system_and_decoder_alone(tmp_path, ll
     processor_again = AutoProcessor.from_pretrained(tmp_path)
     codes = whole.generate(**processor_again(["a red square"]), generator=torch.Generator().manual_seed(0))
     assert whole.decode_image_tokens(codes).shape == (1, 3, 64, 64)
+
+
+def test_the_llamagen_recipe_trains_a_saved_llamagen_through_the_training_script(tmp_path, capsys):
+    import os
+
+    import examples_loader
+
+    from ranke_trl.models.llamagen.tiny_llamagen import save_tiny_llamagen
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model_dir = save_tiny_llamagen(tmp_path / "tiny-llamagen")  # stands in for the converted LlamaGen-XL
+    examples_loader.load("train_janus").main(
+        [
+            "--recipe", os.path.join(repo, "recipes/llamagen_clip.yaml"),
+            "--model_name_or_path", model_dir, "--model_init_kwargs", '{"dtype": "float32"}',
+            "--dataset_name", "tiny", "--prompt_column", "prompt", "--image_column", "image",
+            "--reward_funcs", "tiny_clip", "--output_dir", str(tmp_path / "run"),
+            "--bf16", "false", "--decoder_bf16", "false", "--lambda_lpips", "0", "--max_steps", "1",
+            "--per_device_train_batch_size", "8", "--num_generations", "4", "--decoder_batch_size", "4",
+            "--max_train_samples", "8", "--save_strategy", "no", "--log_images_steps", "0", "--report_to", "none",
+        ]
+    )  # fmt: skip
+    assert "RankE finished 1 steps." in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "decoder").is_dir()
