@@ -281,7 +281,9 @@ def test_clean_caption_normalises_web_captions():
     assert clean_caption("\u201cQuoted\u201d \u2014 text") == '"quoted" - text'
 
 
-@pytest.mark.skipif(not os.environ.get("RANKE_LLAMAGEN_DIR"), reason="set RANKE_LLAMAGEN_DIR to run the real-weight test")
+@pytest.mark.skipif(
+    not os.environ.get("RANKE_LLAMAGEN_DIR"), reason="set RANKE_LLAMAGEN_DIR to run the real-weight test"
+)
 def test_real_weights_convert_and_match_the_reference_at_xl_scale(tmp_path):
     """RANKE_LLAMAGEN_DIR holds t2i_XL_stage1_256.pt, vq_ds16_t2i.pt and flan-t5-xl/ (a T5 directory)."""
     from ranke_trl.models.llamagen.convert_llamagen_weights_to_hf import (

@@ -107,7 +107,8 @@ def test_conditional_mode_ignores_guidance(model, tokenizer):
     codes = torch.randint(0, 256, (2, 16))
     score = lambda **kw: policy.code_log_probs(model, batch.input_ids, batch.attention_mask, codes, **kw).log_probs
     with torch.no_grad():
-        cond, plain, guided = score(guidance_scale=5.0, mode="conditional"), score(guidance_scale=1.0), score(guidance_scale=5.0)
+        cond = score(guidance_scale=5.0, mode="conditional")
+        plain, guided = score(guidance_scale=1.0), score(guidance_scale=5.0)
     torch.testing.assert_close(cond, plain)
     assert not torch.allclose(cond, guided)
 
@@ -170,7 +171,8 @@ def test_prepare_detaches_the_vq_and_restore_gives_the_model_back_whole(model, t
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, image_codes=torch.zeros(2, 16).long(),
                 image_code_kwargs={"guidance_scale": 2.0})  # fmt: skip
     assert isinstance(out, ImageCodeLogProbs) and out.log_probs.shape == (2, 16)
-    assert model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.shape == (2, batch.input_ids.size(1), 256)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # other calls unchanged
+    assert logits.shape == (2, batch.input_ids.size(1), 256)
     policy.restore_model(model, codec)
     assert model.model.vqmodel is vq and "forward" not in model.__dict__
     with policy.codec_attached(model, codec):
@@ -185,7 +187,8 @@ def test_codec_encodes_by_cosine_and_decodes_to_images(model, tokenizer, tmp_pat
     codes = codec.encode(pixels)
     vq = codec.module
     latents = torch.nn.functional.normalize(vq.quant_conv(vq.encoder(pixels)).flatten(2).transpose(1, 2), dim=-1)
-    assert torch.equal(codes, (latents @ torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1).T).argmax(-1))
+    codebook = torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1)
+    assert torch.equal(codes, (latents @ codebook.T).argmax(-1))
     images = codec.decode_images(codes)
     assert images.shape == (2, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
     codec.save_pretrained(tmp_path)

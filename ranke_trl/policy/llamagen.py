@@ -216,7 +216,10 @@ class LlamaGenPolicy(ImageTokenPolicy):
         if vq is None:
             raise ValueError("This LlamaGen model has no VQ model attached (was it already prepared for training?).")
         frozen = list(llamagen.model.text_encoder.parameters())
-        self._undo = {"forward": llamagen.__dict__.get("forward"), "requires_grad": [(p, p.requires_grad) for p in frozen]}
+        self._undo = {
+            "forward": llamagen.__dict__.get("forward"),
+            "requires_grad": [(p, p.requires_grad) for p in frozen],
+        }
         llamagen.model.vqmodel = None
         _install_image_forward(llamagen, self)
         for param in frozen:

@@ -52,5 +52,7 @@ def original_checkpoints() -> OriginalCheckpoints:
     torch.save({"model": gpt}, root / "gpt.pt")
     torch.save({"model": vq}, root / "vq.pt")
     t5_dir = save_tiny_t5(root / "t5")
-    convert_llamagen_checkpoint(root / "gpt.pt", root / "vq.pt", str(t5_dir), IMAGE_SIZE, root / "hf", num_heads=NUM_HEADS)
+    convert_llamagen_checkpoint(
+        root / "gpt.pt", root / "vq.pt", str(t5_dir), IMAGE_SIZE, root / "hf", num_heads=NUM_HEADS
+    )
     return OriginalCheckpoints(root, root / "gpt.pt", root / "vq.pt", t5_dir, root / "hf", gpt, vq)

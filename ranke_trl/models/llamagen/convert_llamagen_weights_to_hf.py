@@ -241,7 +241,8 @@ def _check_same_layout(found: dict[str, torch.Tensor], expected: dict[str, tuple
         for label, items in (("missing", missing), ("unexpected", unexpected), ("mismatched sizes", wrong)):
             if items:
                 parts.append(f"{len(items)} {label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}")
-        raise LlamaGenConversionError(f"The {role} checkpoint {path} does not have LlamaGen's layout: " + "; ".join(parts))
+        layout = "; ".join(parts)
+        raise LlamaGenConversionError(f"The {role} checkpoint {path} does not have LlamaGen's layout: {layout}")
 
 
 # --------------------------------------------------------------------------------------------------- whole model
@@ -272,7 +273,9 @@ def convert_llamagen_checkpoint(
     vq_config = vq_config_from_state_dict(vq, grid_size=0)
     downsampling = 2 ** (len(vq_config["channel_multiplier"]) - 1)
     if image_size % downsampling:
-        raise LlamaGenConversionError(f"image_size={image_size} is not a multiple of the VQ's {downsampling}x downsampling.")
+        raise LlamaGenConversionError(
+            f"image_size={image_size} is not a multiple of the VQ's {downsampling}x downsampling."
+        )
     grid = vq_config["num_patches"] = image_size // downsampling
     if vq_config["num_embeddings"] != dims["vocab_size"]:
         raise LlamaGenConversionError(
@@ -341,13 +344,15 @@ def _save(model: LlamaGenForImageGeneration, t5_id: str, output_dir, push_to_hub
         processor.push_to_hub(push_to_hub)
         from huggingface_hub import upload_file
 
-        upload_file(path_or_fileobj=os.path.join(output_dir, "README.md"), path_in_repo="README.md", repo_id=push_to_hub)
+        card = os.path.join(output_dir, "README.md")
+        upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=push_to_hub)
 
 
 def model_card(config: LlamaGenConfig) -> str:
     """A model card naming the original weights, their licences and training data."""
     size = config.image_size
-    stage = "stage 1 (LAION-COCO 50M)" if config.image_grid_size == 16 else "stage 2 (10M internal high-aesthetic images)"
+    stage1 = config.image_grid_size == 16
+    stage = "stage 1 (LAION-COCO 50M)" if stage1 else "stage 2 (10M internal high-aesthetic images)"
     return f"""---
 license: mit
 library_name: transformers

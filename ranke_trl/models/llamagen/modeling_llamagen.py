@@ -79,7 +79,7 @@ class LlamaGen2DRotaryEmbedding(nn.Module):
         return 1.0 / (self.base**exponents)
 
     def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`position_ids` (B or 1, S) absolute positions -> `cos`, `sin` of shape (B or 1, S, head_dim), in x's dtype."""
+        """Absolute `position_ids` (B or 1, S) -> `cos`, `sin` of shape (B or 1, S, head_dim), in x's dtype."""
         code = position_ids - self.prefix_length  # index of the image code, negative on the caption
         is_image = (code >= 0).unsqueeze(-1)
         code = code.clamp(min=0)
@@ -324,6 +324,12 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel, GenerationMixin):
 
     def set_input_embeddings(self, value: nn.Embedding):
         self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> None:
+        """None: LlamaGen has no output word embeddings to tie or resize. `lm_head` is the image-code classifier,
+        applied by this model's own forward (so a LoRA adapter on it is trained, unlike a text LM head that a trainer
+        would bypass by multiplying with its weight)."""
+        return None
 
     @property
     def num_image_tokens(self) -> int:

@@ -58,7 +58,9 @@ class LlamaGenProcessor(ProcessorMixin):
         clean_captions: apply [`clean_caption`] (upstream always does).
     """
 
-    def __init__(self, tokenizer=None, caption_max_length: int = CAPTION_MAX_LENGTH, clean_captions: bool = True, **kwargs):
+    def __init__(
+        self, tokenizer=None, caption_max_length: int = CAPTION_MAX_LENGTH, clean_captions: bool = True, **kwargs
+    ):
         super().__init__(tokenizer, **kwargs)
         self.caption_max_length = caption_max_length
         self.clean_captions = clean_captions
