@@ -190,6 +190,26 @@ def test_labels_give_the_next_code_cross_entropy(model, processor):
     torch.testing.assert_close(out.loss, expected)
 
 
+def test_logits_equal_the_reference_at_xl_width_and_256_px(original, tmp_path):
+    """GPT-XL's attention (width 1280, 20 heads of 64: 16 rotary frequencies per axis) on a 16x16 grid, one layer."""
+    from reference.llamagen_ref import random_gpt_state_dict
+
+    from ranke_trl.models.llamagen.convert_llamagen_weights_to_hf import convert_llamagen_checkpoint
+
+    gpt = random_gpt_state_dict(dim=1280, layers=1, vocab=256, caption_dim=32, ffn=256, seed=3)
+    torch.save({"model": gpt}, tmp_path / "gpt.pt")
+    model = convert_llamagen_checkpoint(tmp_path / "gpt.pt", original.vq_path, str(original.t5_dir), 256)
+    processor = LlamaGenProcessor.from_pretrained(original.hf_dir)
+    batch = processor(PROMPTS, padding="longest")
+    codes = torch.randint(0, 256, (2, 256))
+    with torch.no_grad():
+        ours = model(**batch, image_tokens=codes[:, :-1]).logits[:, -256:]
+        features = model.model.encode_captions(batch["input_ids"], batch["attention_mask"])
+        caption, mask = left_pad_to_prefix(features, batch["attention_mask"].float())
+        reference = gpt_logits(gpt, caption, mask, codes[:, :-1], torch.zeros(2, dtype=torch.bool), 20, 16)[:, -256:]
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+
+
 def test_bf16_generates_valid_codes(original):
     model = LlamaGenForImageGeneration.from_pretrained(original.hf_dir, dtype=torch.bfloat16)
     processor = LlamaGenProcessor.from_pretrained(original.hf_dir)
