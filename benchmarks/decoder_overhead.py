@@ -26,7 +26,7 @@ CONFIGS = {
 MEMORY_OPTIONS = {
     "ema_on_cpu": ["ema_device=cpu"],
     "ema_bf16": ["ema_dtype=bfloat16"],
-    "policy_grad_ckpt": ["gradient_checkpointing=true"],
+    "policy_grad_ckpt": ["activation_checkpointing=true"],
 }
 
 
@@ -36,7 +36,7 @@ def worker(config: str, mode: str, steps: int, overrides: list[str]) -> dict:
     from ranke_trl import RankEConfig, RankEGRPOTrainer
     from ranke_trl.rewards import CLIPReward
     from ranke_trl.tiny import build_tiny_janus, build_tiny_janus_processor
-    from ranke_trl.world import make_split
+    from shapes_world import make_split
 
     size = CONFIGS[config]["image_size"]
     model = build_tiny_janus(seed=0, **CONFIGS[config])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from trl import GRPOConfig
 
 from .sampling import SamplingArguments
@@ -36,8 +37,10 @@ class RankEConfig(SamplingArguments, GRPOConfig):
         default=False,
         metadata={"help": "Must stay False: image sequences have no EOS, so every rollout would be masked."},
     )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Gradient checkpointing of the policy's language model (ours: off)."}
+    activation_checkpointing: bool | None = field(
+        default=False,
+        metadata={"help": "Activation (gradient) checkpointing of the policy's language model (ours: off). "
+                  "`gradient_checkpointing` is transformers' deprecated alias."},
     )
 
     # ------------------------------------------------------------------ modes
@@ -102,7 +105,12 @@ class RankEConfig(SamplingArguments, GRPOConfig):
     )
 
     # ------------------------------------------------------------------ Stage 2 losses (Eq. 4-8)
-    lambda_rbp: float = field(default=0.5, metadata={"help": "Weight of reward back-propagation L_rbp (ours: 0.5)."})
+    lambda_rbp: float | None = field(
+        default=None,
+        metadata={"help": "Weight of reward back-propagation L_rbp. None (default): 0.5 (ours) when a reward is "
+                  "differentiable, else 0 (the paper applies L_rbp only to differentiable rewards); the trainer says "
+                  "which at start-up. An explicit value > 0 with no differentiable reward is an error."},
+    )
     lambda_gan: float = field(default=0.1, metadata={"help": "Weight of the Rank-GAN loss (ours: 0.1)."})
     lambda_rec: float = field(default=1.0, metadata={"help": "Weight of the reconstruction anchor L_rec (ours: 1.0)."})
     lambda_cons: float = field(default=1.0, metadata={"help": "Weight of the EMA consistency L_cons (paper E.1: 1.0)."})
@@ -164,6 +172,29 @@ class RankEConfig(SamplingArguments, GRPOConfig):
         self._validate_ranke()
 
     def _validate_ranke(self):
+        self._validate_numbers()
+        if self.prompt_template is not None:
+            if "{prompt}" not in self.prompt_template:
+                raise ValueError(
+                    f"prompt_template={self.prompt_template!r} has no '{{prompt}}' slot, so every prompt would become "
+                    "the same text. Put '{prompt}' where the prompt goes, or unset it for the backbone's chat format."
+                )
+            try:
+                self.prompt_template.format(prompt="x")
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(
+                    f"prompt_template={self.prompt_template!r} is not a valid format string ({err}); its only slot is "
+                    "'{prompt}' (write other braces as '{{' and '}}')."
+                ) from err
+        if self.ema_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"RankEConfig.ema_dtype={self.ema_dtype!r} is not one of None, 'float32', 'bfloat16', "
+                             "'float16'.")
+        if self.ema_device is not None:
+            try:
+                torch.device(self.ema_device)
+            except (RuntimeError, TypeError) as err:
+                raise ValueError(f"RankEConfig.ema_device={self.ema_device!r} is not a device ('cpu', 'cuda', "
+                                 f"'cuda:1', ...): {err}") from err
         choices = {
             "rollout_cache": ("clear", "fifo"),
             "gan_loss": ("non_saturating", "hinge"),
@@ -177,18 +208,43 @@ class RankEConfig(SamplingArguments, GRPOConfig):
                 "mask_truncated_completions=True would zero the whole loss: image-token rollouts have no EOS, so "
                 "every one counts as truncated. Set it to False."
             )
-        if not (self.rank_gan_temperature > 0 or math.isinf(self.rank_gan_temperature)):
-            raise ValueError(f"rank_gan_temperature must be > 0 or inf, got {self.rank_gan_temperature}.")
-        for name in ("lambda_rbp", "lambda_gan", "lambda_rec", "lambda_cons", "lambda_lpips"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"RankEConfig.{name} must be >= 0, got {getattr(self, name)}.")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
-        for name in ("policy_steps_per_phase", "decoder_steps_per_phase", "decoder_batch_size", "rollout_cache_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RankEConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if not (self.train_policy or self.train_decoder):
             raise ValueError(
                 "train_policy=False and train_decoder=False trains nothing; that is the Base model. Evaluate it "
                 "with examples/evaluate.py instead."
             )
+
+    # Each numeric setting: (name, lower bound, whether the bound is allowed, whether None is allowed). NaN and
+    # infinities fail every check (except rank_gan_temperature's documented 'inf').
+    _RANGES = (
+        ("lambda_rbp", 0.0, True, True), ("lambda_gan", 0.0, True, False), ("lambda_rec", 0.0, True, False),
+        ("lambda_cons", 0.0, True, False), ("lambda_lpips", 0.0, True, False), ("beta", 0.0, True, False),
+        ("learning_rate", 0.0, True, False), ("decoder_learning_rate", 0.0, True, False),
+        ("discriminator_learning_rate", 0.0, True, False), ("decoder_weight_decay", 0.0, True, False),
+        ("decoder_max_grad_norm", 0.0, False, True), ("diagnostics_smoothing", 0.0, True, False),
+        ("policy_steps_per_phase", 1, True, False), ("decoder_steps_per_phase", 1, True, False),
+        ("decoder_batch_size", 1, True, False), ("rollout_cache_size", 1, True, False),
+        ("diagnostics_max_images", 1, True, False), ("log_images_steps", 0, True, False),
+        ("num_images_to_log", 1, True, False), ("generation_chunk_size", 1, True, True),
+        ("discriminator_channels", 1, True, False), ("discriminator_layers", 1, True, False),
+        ("max_nonfinite_decoder_steps", 1, True, False),
+    )
+
+    def _validate_numbers(self) -> None:
+        for name, low, inclusive, optional in self._RANGES:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value >= low if inclusive else value > low)
+            if not ok:
+                bound = f">= {low}" if inclusive else f"> {low}"
+                raise ValueError(f"RankEConfig.{name} must be a finite number {bound}{' or None' if optional else ''}, "
+                                 f"got {value!r}.")
+        tau = self.rank_gan_temperature
+        if not (tau > 0 or math.isinf(tau)) or math.isnan(tau):
+            raise ValueError(f"RankEConfig.rank_gan_temperature must be > 0 or inf, got {tau}.")
+        for name in ("ema_decay", "decoder_adam_beta1", "decoder_adam_beta2"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise ValueError(f"RankEConfig.{name} must lie in [0, 1), got {value!r}.")

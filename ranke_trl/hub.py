@@ -24,6 +24,7 @@ GRPO on the image-token policy, alternating with co-evolution of the VQ decoder 
 | reward(s) | {rewards} |
 | training steps | {steps} (decoder phases: {phases}) |
 | rollouts | CFG {guidance}, temperature {temperature}, top-p {top_p}, top-k {top_k}; log-probs score the {logprob_mode} distribution |
+| decoder losses | {stage2} |
 | dataset | {dataset} |
 
 ## Final metrics
@@ -75,6 +76,17 @@ def _mode(args) -> str:
     return "Std. RL (GRPO, frozen decoder)" if args.train_policy else "Decoder-only"
 
 
+def _stage2(args) -> str:
+    if not args.train_decoder:
+        return "none (decoder frozen)"
+    terms = [("L_rbp", args.lambda_rbp), ("L_RankGAN", args.lambda_gan), ("L_rec", args.lambda_rec),
+             ("L_cons", args.lambda_cons)]
+    text = ", ".join(f"{name} x {value:g}" for name, value in terms if value)
+    if not args.lambda_rbp:
+        text += " (no reward back-propagation: no differentiable reward, or lambda_rbp=0)"
+    return text
+
+
 def _import_path(cls: type) -> str:
     """`transformers` for the classes it exports at top level, else the class's own module."""
     import transformers
@@ -110,6 +122,7 @@ def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) 
         top_p=args.top_p,
         top_k=args.top_k,
         logprob_mode=args.logprob_mode,
+        stage2=_stage2(args),
         metrics=metrics,
         repo=args.hub_model_id or output_dir,
         model_module=_import_path(model_cls),

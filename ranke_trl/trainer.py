@@ -46,6 +46,7 @@ from .checkpointing import DECODER_DIR, RankECheckpointing
 from .config import RankEConfig
 from .corpus import CorpusImages, encode_corpus
 from .decoder import DecoderPhase
+from .decoder.phase import resolve_lambda_rbp
 from .diagnostics import CodeHistogram, ShiftDiagnostics
 from .distributed import is_zero3_partitioned, unpartitioned_copy
 from .hub import write_model_card
@@ -81,6 +82,10 @@ class _NamedReward:
                 "one per image."
             )
         return list(out)
+
+
+def describe_lambda_rbp(lambda_rbp: float) -> str:
+    return f"on, lambda_rbp={lambda_rbp:g}" if lambda_rbp > 0 else "off, no differentiable reward or lambda_rbp=0"
 
 
 @contextlib.contextmanager
@@ -210,6 +215,8 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             if isinstance(func, OpenClipReward) and func.device.type == "cpu":
                 func.to(device=self.accelerator.device)
         self._check_stage2_inputs(args, train_dataset)
+        # The paper's L_rbp applies only to differentiable rewards; unset, it follows the rewards (on this copy).
+        args.lambda_rbp = resolve_lambda_rbp(args.lambda_rbp, [getattr(f, "func", f) for f in self.reward_funcs])
         self.rollout_buffer = self.decoder_phase = None
         self._decoder_phases = 0
         if args.train_decoder:
@@ -225,10 +232,11 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         if self.accelerator.is_main_process:  # the scored distribution is a modelling choice: say it where it shows
             logger.info(
                 "RankE: %d image tokens per rollout, codebook %d; sampling: %s (log-probs score the %s "
-                "distribution, before top-k/top-p truncation). Policy %s, decoder %s.",
+                "distribution, before top-k/top-p truncation). Policy %s, decoder %s%s.",
                 self.policy.num_image_tokens, self.policy.codebook_size, describe_sampling(args.sampling_settings()),
                 "CFG-combined" if args.logprob_mode == "guided" else "conditional-branch",
                 "on" if args.train_policy else "off", "on" if args.train_decoder else "off",
+                f" (reward back-propagation L_rbp: {describe_lambda_rbp(args.lambda_rbp)})" if args.train_decoder else "",
             )
         self._last_rollouts = None  # (images (B,3,H,W) in [0,1], prompts) of the latest batch, for image logging
         self._shift_diagnostics = None

@@ -61,7 +61,7 @@ def test_policy_checkpointing_gives_the_same_grpo_update(tmp_path, tiny_processo
             args=RankEConfig(
                 output_dir=str(tmp_path / str(checkpointing)), bf16=False, per_device_train_batch_size=8,
                 num_generations=4, max_steps=1, learning_rate=1e-2, report_to=[], save_strategy="no",
-                train_decoder=False, log_images_steps=0, seed=0, gradient_checkpointing=checkpointing,
+                train_decoder=False, log_images_steps=0, seed=0, activation_checkpointing=checkpointing,
             ),
             train_dataset=Dataset.from_dict({"prompt": ["a red square", "a blue circle"] * 4}),
             processing_class=tiny_processor,
@@ -114,7 +114,7 @@ def test_copy_of_a_checkpointed_decoder_runs_its_own_weights(base_vq):
 
 def _phase_step(base_vq, checkpointing: bool) -> dict[str, torch.Tensor]:
     args = RankEConfig(output_dir="unused", bf16=False, report_to=[], lambda_rbp=0.0, lambda_lpips=0.0,
-                       decoder_learning_rate=1e-3, decoder_gradient_checkpointing=checkpointing, seed=0)
+                       decoder_learning_rate=1e-3, decoder_activation_checkpointing=checkpointing, seed=0)
     codec = JanusVQCodec(copy.deepcopy(base_vq))
     torch.manual_seed(0)
     phase = DecoderPhase(codec, args)

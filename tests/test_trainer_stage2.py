@@ -104,12 +104,35 @@ def test_zero_weight_ablation_leaves_its_term_uncomputed(tmp_path, tiny_janus, t
     assert {f"decoder/loss_{t}" for t in {"rbp", "gan", "rec", "cons"} - {term}} <= logged
 
 
-def test_reward_backprop_without_differentiable_reward_fails_at_start(tmp_path, tiny_janus, tiny_processor):
+def test_explicit_reward_backprop_without_differentiable_reward_fails_at_start(tmp_path, tiny_janus, tiny_processor):
     def black_box(prompts, completions, **kwargs):
         return [0.0] * len(completions)
 
-    with pytest.raises(ValueError, match="lambda_rbp"):
-        _trainer(tmp_path, tiny_janus, tiny_processor, reward=black_box)
+    with pytest.raises(ValueError, match="lambda_rbp=0.5 needs a differentiable reward"):
+        _trainer(tmp_path, tiny_janus, tiny_processor, reward=black_box, lambda_rbp=0.5)
+
+
+def test_ranke_defaults_run_with_a_plain_black_box_trl_reward(tmp_path, tiny_janus, tiny_processor, caplog):
+    def black_box(prompts, completions, **kwargs):
+        return [float(image[0].mean()) for image in completions]
+
+    config = RankEConfig(output_dir=str(tmp_path), bf16=False, per_device_train_batch_size=8, num_generations=4,
+                         max_steps=1, report_to=[], save_strategy="no", lambda_lpips=0.0, log_images_steps=0)
+    assert config.lambda_rbp is None  # on when a differentiable reward is present
+    with caplog.at_level("INFO", logger="ranke_trl.trainer"):
+        trainer = RankEGRPOTrainer(model=tiny_janus, reward_funcs=black_box, args=config,
+                                   train_dataset=colour_squares(), processing_class=tiny_processor)
+    assert trainer.args.lambda_rbp == 0.0 and "L_rbp: off" in caplog.text
+    trainer.train()
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert "decoder/loss_gan" in logged and "decoder/loss_rbp" not in logged
+    trainer.save_model()
+    assert "no reward back-propagation" in (tmp_path / "README.md").read_text()
+
+
+def test_reward_backprop_is_on_by_default_with_a_differentiable_reward(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)  # CLIPReward.tiny() is differentiable
+    assert trainer.args.lambda_rbp == 0.5
 
 
 def test_reconstruction_without_image_column_fails_at_start(tmp_path, tiny_janus, tiny_processor):

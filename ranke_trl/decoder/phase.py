@@ -37,6 +37,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: λ_rbp when `lambda_rbp` is left unset and a reward is differentiable (ours)
+DEFAULT_LAMBDA_RBP = 0.5
+
+
+def resolve_lambda_rbp(lambda_rbp: float | None, reward_fns: Sequence) -> float:
+    """λ_rbp in effect: the set value, or (None) `DEFAULT_LAMBDA_RBP` when any reward is differentiable, else 0.
+
+    The paper applies reward back-propagation only when the reward is differentiable.
+    """
+    if lambda_rbp is not None:
+        return float(lambda_rbp)
+    return DEFAULT_LAMBDA_RBP if any(getattr(fn, "is_differentiable", False) for fn in reward_fns) else 0.0
+
+
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -131,23 +145,24 @@ class DecoderPhase:
         self.codec, self.args = codec, args
         self.device = torch.device(device) if device is not None else next(codec.module.parameters()).device
         codec.module.to(self.device)
-        lambdas = (args.lambda_rbp, args.lambda_gan, args.lambda_rec, args.lambda_cons)
-        if not any(lam > 0 for lam in lambdas):
-            raise ValueError("All Stage 2 loss weights are 0, so the decoder phase trains nothing; set "
-                             "train_decoder=False for a policy-only run.")
-
         reward_fns = list(reward_fns)
         weights = [1.0] * len(reward_fns) if reward_weights is None else [float(w) for w in reward_weights]
         if len(weights) != len(reward_fns):
             raise ValueError(f"Got {len(weights)} reward weights for {len(reward_fns)} reward functions.")
         pairs = [(fn, w) for fn, w in zip(reward_fns, weights) if getattr(fn, "is_differentiable", False)]
-        if args.lambda_rbp > 0 and not pairs:
+        #: λ_rbp in effect: `args.lambda_rbp`, or, when it is None, 0.5 with a differentiable reward and 0 without
+        self.lambda_rbp = resolve_lambda_rbp(args.lambda_rbp, reward_fns)
+        lambdas = (self.lambda_rbp, args.lambda_gan, args.lambda_rec, args.lambda_cons)
+        if not any(lam > 0 for lam in lambdas):
+            raise ValueError("All Stage 2 loss weights are 0, so the decoder phase trains nothing; set "
+                             "train_decoder=False for a policy-only run.")
+        if self.lambda_rbp > 0 and not pairs:
             raise ValueError(
-                f"lambda_rbp={args.lambda_rbp} needs a differentiable reward (an object with "
-                "`is_differentiable = True` and `score(images01, prompts)`), but none was given. Pass one, or set "
-                "lambda_rbp=0 when the reward is a black box (Rank-GAN still uses its scores)."
+                f"lambda_rbp={self.lambda_rbp} needs a differentiable reward (an object with "
+                "`is_differentiable = True` and `score(images01, prompts)`), but none was given. Pass one, or leave "
+                "lambda_rbp unset (or 0) when the reward is a black box (Rank-GAN still uses its scores)."
             )
-        if args.lambda_rbp > 0 and len(pairs) < len(reward_fns):
+        if self.lambda_rbp > 0 and len(pairs) < len(reward_fns):
             logger.warning("L_rbp back-propagates only the differentiable rewards; the others reach the decoder "
                            "through the Rank-GAN weights alone.")
         self.rbp_fns, self.rbp_weights = [fn for fn, _ in pairs], [w for _, w in pairs]
@@ -157,11 +172,10 @@ class DecoderPhase:
         for param in self.decoder_params:
             param.requires_grad_(True)
         if args.decoder_gradient_checkpointing:
-            enable = getattr(codec, "enable_decoder_checkpointing", None)
-            if enable is None:
-                raise ValueError(f"decoder_gradient_checkpointing=True, but {type(codec).__name__} cannot checkpoint "
-                                 "its decoder (no `enable_decoder_checkpointing`). Set it to False for this backbone.")
-            enable()
+            try:
+                codec.enable_decoder_checkpointing()
+            except NotImplementedError as err:
+                raise ValueError(f"decoder_gradient_checkpointing=True: {err}") from None
         self.decoder_optimizer = self._adamw(self.decoder_params, args.decoder_learning_rate)
         self.decoder_scheduler = get_constant_schedule(self.decoder_optimizer)
 
@@ -252,7 +266,7 @@ class DecoderPhase:
 
     def _decoder_loss(self, fake, rollouts, rank_weights, real_pixels, real_codes, metrics) -> torch.Tensor:
         args, terms = self.args, {}
-        if args.lambda_rbp > 0:
+        if self.lambda_rbp > 0:
             images01 = ((fake.float() + 1) / 2).clamp(0, 1)  # the [0, 1] images Stage 1 scored
             terms["rbp"] = reward_backprop_loss(images01, rollouts.prompts, self.rbp_fns, self.rbp_weights)
         if args.lambda_gan > 0:
@@ -271,7 +285,7 @@ class DecoderPhase:
             metrics["rec_l1"] = F.l1_loss(recon.detach().float(), real_pixels).item()
         if args.lambda_cons > 0:
             terms["cons"] = consistency_loss(fake, self.ema_teacher.decode(rollouts.codes))
-        lambdas = {"rbp": args.lambda_rbp, "gan": args.lambda_gan, "rec": args.lambda_rec, "cons": args.lambda_cons}
+        lambdas = {"rbp": self.lambda_rbp, "gan": args.lambda_gan, "rec": args.lambda_rec, "cons": args.lambda_cons}
         for name, value in terms.items():
             metrics[f"loss_{name}"] = value.item()
         loss = sum(lambdas[name] * value for name, value in terms.items())
