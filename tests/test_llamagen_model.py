@@ -180,6 +180,17 @@ def test_mixed_length_left_padded_batch_equals_single_sample_runs(model, process
     assert torch.equal(greedy_together, torch.cat(greedy_alone))
 
 
+def test_padding_beyond_the_120_caption_slots_is_dropped(model, processor):
+    batch = processor(PROMPTS, padding="max_length")
+    wider = {k: torch.nn.functional.pad(v, (8, 0)) for k, v in batch.items()}  # e.g. padded to a multiple of 8
+    codes = torch.randint(0, 256, (2, N))
+    with torch.no_grad():
+        expected = model(**batch, image_tokens=codes).logits[:, -N:]
+        torch.testing.assert_close(model(**wider, image_tokens=codes).logits[:, -N:], expected, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="at most 120"):
+            model(input_ids=torch.ones(1, 121, dtype=torch.long), image_tokens=codes[:1])
+
+
 def test_labels_give_the_next_code_cross_entropy(model, processor):
     batch = processor(PROMPTS, padding="longest")
     codes = torch.randint(0, 256, (2, N))

@@ -248,6 +248,15 @@ class LlamaGenModel(LlamaGenPreTrainedModel):
         dtype = self.caption_projector.fc1.weight.dtype
         return self.caption_projector(caption_embeds.to(dtype), attention_mask, uncond)
 
+    def _drop_extra_padding(self, input_ids, caption_embeds, attention_mask):
+        """Captions padded past `caption_max_length` (e.g. to a multiple of 8) lose their extra leading pad columns."""
+        extra = attention_mask.size(1) - self.config.caption_max_length
+        if extra <= 0 or attention_mask[:, :extra].any():
+            return input_ids, caption_embeds, attention_mask  # `caption_prefix` rejects real overlong captions
+        input_ids = None if input_ids is None else input_ids[:, extra:]
+        caption_embeds = None if caption_embeds is None else caption_embeds[:, extra:]
+        return input_ids, caption_embeds, attention_mask[:, extra:]
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -278,6 +287,9 @@ class LlamaGenModel(LlamaGenPreTrainedModel):
                 attention_mask = torch.ones(
                     (input_ids if input_ids is not None else caption_embeds).shape[:2], dtype=torch.long
                 ).to(self.device)
+            input_ids, caption_embeds, attention_mask = self._drop_extra_padding(
+                input_ids, caption_embeds, attention_mask
+            )
             parts.append(self.caption_prefix(input_ids, attention_mask, caption_embeds, uncond))
             mask = attention_mask
         if image_tokens is not None:
