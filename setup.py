@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["ranke_trl", "ranke_trl.*"]),
+    packages=find_packages(include=["ranke_trl", "ranke_trl.*", "shapes_world", "shapes_world.*"]),
     install_requires=[
         "torch>=2.4",
         "torchvision",
@@ -16,7 +16,6 @@ setup(
         "accelerate>=1.10",
         "datasets>=3.0",
         "peft>=0.17",
-        "diffusers>=0.35",
         "open_clip_torch>=3.0",
         "torchmetrics>=1.5",
         "torch-fidelity",
@@ -32,8 +31,12 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.17"],
         "tensorboard": ["tensorboard"],
-        "experiments": ["matplotlib"],
+        "shapes": ["matplotlib"],  # ShapesWorld's experiment figures
         "dev": ["pytest>=8", "tensorboard", "deepspeed>=0.17", "matplotlib"],
     },
-    entry_points={"console_scripts": ["ranke-trl=ranke_trl.cli:main"]},
+    entry_points={
+        "console_scripts": ["ranke-trl=ranke_trl.cli:main"],
+        # ShapesWorld (shapes_world/) is a plugin of the library, registered as a third-party package would be
+        "ranke_trl.plugins": ["shapes_world = shapes_world.plugin:register"],
+    },
 )

@@ -1,5 +1,5 @@
 """Train and cache ShapesWorld's pretrained components: the ShapesFID feature net, the VQ tokenizer, the
-`shapes_clip` reward and the SFT'd tiny Janus policy (see `ranke_trl/world/pretrain.py`).
+`shapes_clip` reward and the SFT'd tiny Janus policy (see `shapes_world/pretrain.py`).
 
     python examples/prepare_shapes_world.py                 # full preparation, ~20 min on 2 CPU cores
     python examples/prepare_shapes_world.py --tiny          # seconds; poor models, for tests and smoke runs
@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from ranke_trl.world.pretrain import CACHE_ENV, prepare_shapes_world, read_manifest, shapes_cache_dir
+from shapes_world.pretrain import CACHE_ENV, prepare_shapes_world, read_manifest, shapes_cache_dir
 
 
 def main():

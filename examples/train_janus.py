@@ -1,5 +1,6 @@
 """Train a Janus policy (and co-evolve its VQ decoder) with RankE, from a recipe.
 
+    accelerate launch examples/train_janus.py --recipe recipes/shapes_clip.yaml
     accelerate launch examples/train_janus.py --recipe recipes/janus_clip.yaml
     accelerate launch examples/train_janus.py --recipe recipes/tiny_janus_clip.yaml --max_steps 4
     accelerate launch --config_file recipes/accelerate/zero2.yaml examples/train_janus.py --recipe recipes/janus_clip.yaml
@@ -9,7 +10,7 @@ Any recipe key can be overridden on the command line (`--key value`); unknown ke
 
 from ranke_trl import RankEGRPOTrainer
 from ranke_trl.data import load_prompt_dataset
-from ranke_trl.recipes import build_peft_config, build_policy, build_rewards, parse_recipe
+from ranke_trl.recipes import build_callbacks, build_peft_config, build_policy, build_rewards, parse_recipe
 
 
 def main(argv=None):
@@ -31,20 +32,12 @@ def main(argv=None):
         processing_class=processor,
         peft_config=build_peft_config(script_args),
     )
-    world, before = None, None
-    if script_args.model_name_or_path == "shapes" and script_args.world_eval_prompts > 0:
-        from ranke_trl.world.experiment import WorldEvaluator, world_eval_report
-
-        world = WorldEvaluator(None, script_args.world_eval_prompts, config.guidance_scale)
-        before = world(trainer.model, trainer.policy, trainer.codec, config.seed)[0]
+    for callback in build_callbacks(script_args, config, trainer):  # those of plugins' recipe keys
+        trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
         print(trainer.summary())
-    if world is not None:
-        after = world(trainer.model, trainer.policy, trainer.codec, config.seed)[0]
-        if trainer.accelerator.is_main_process:
-            print(world_eval_report(before, after, config.output_dir))
     # Every rank leaves together: one rank exiting while another still saves can abort the launcher.
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()

@@ -21,9 +21,9 @@ USAGE = """usage: ranke-trl {eval,table} ...
 def parse_eval_args(argv: list[str]):
     """`EvalArguments` from `--recipe FILE` plus `--key value` overrides; unknown keys raise `RecipeError`."""
     from .evaluation.runner import EvalArguments
-    from .recipes import parse_dataclass_recipe
+    from .recipes import RecipeParser
 
-    (args,) = parse_dataclass_recipe((EvalArguments,), argv)
+    (args,) = RecipeParser((EvalArguments,)).parse_args_and_config(argv)
     return args
 
 

@@ -1,6 +1,8 @@
 """Print the recipe reference (every recipe key, its default and help) as Markdown, for the README.
 
     python -m ranke_trl.recipe_reference
+
+Keys that installed plugins add (`ranke_trl.recipes.register_recipe_extension`) are listed after the library's.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import dataclasses
 from trl import GRPOConfig
 
 from .config import RankEConfig
-from .recipes import RecipeArguments
+from .plugins import load_plugins
+from .recipes import RECIPE_EXTENSIONS, RecipeArguments
 
 
 def _default(f: dataclasses.Field):
@@ -20,7 +23,7 @@ def _default(f: dataclasses.Field):
 
 
 def _rows(fields) -> list[str]:
-    return [f"| `{f.name}` | `{_default(f)}` | {f.metadata.get('help', '')} |" for f in fields]
+    return [f"| `{f.name}` | `{_default(f)}` | {f.metadata.get('help', '')} |" for f in fields if f.init]
 
 
 def ranke_fields() -> list[dataclasses.Field]:
@@ -35,11 +38,14 @@ def ranke_fields() -> list[dataclasses.Field]:
 
 def recipe_reference() -> str:
     header = ["| key | default | meaning |", "|---|---|---|"]
-    return "\n".join(
-        ["**What to train on** (`RecipeArguments`)", "", *header, *_rows(dataclasses.fields(RecipeArguments)), "",
-         "**RankE settings** (`RankEConfig`; every other `GRPOConfig` / `TrainingArguments` key works too)", "",
-         *header, *_rows(ranke_fields())]
-    )
+    lines = ["**What to train on** (`RecipeArguments`)", "", *header, *_rows(dataclasses.fields(RecipeArguments)), "",
+             "**RankE settings** (`RankEConfig`; every other `GRPOConfig` / `TrainingArguments` key works too)", "",
+             *header, *_rows(ranke_fields())]
+    load_plugins()
+    for name, extension in RECIPE_EXTENSIONS.items():
+        lines += ["", f"**Plugin `{name}`** (`{extension.arguments.__name__}`)", "", *header,
+                  *_rows(dataclasses.fields(extension.arguments))]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

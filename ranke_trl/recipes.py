@@ -1,22 +1,33 @@
-"""Recipes: YAML files of `RecipeArguments` and `RankEConfig` fields, with command-line overrides.
+"""Recipes: YAML files of dataclass fields, with command-line overrides, read by one parser on TRL's `TrlParser`.
 
-`parse_recipe(["--recipe", "recipes/janus_clip.yaml", "--learning_rate", "2e-6"])` returns the two dataclasses.
-Every key is checked before anything loads: an unknown key or a value of the wrong type raises `RecipeError`
-naming the key (and, for a typo, the closest valid key).
+    parse_recipe(["--recipe", "recipes/janus_clip.yaml", "--learning_rate", "2e-6"])  # (RecipeArguments, RankEConfig)
+    RecipeParser((EvalArguments,)).parse_args_and_config(["--recipe", "recipes/eval_tiny.yaml"])
+
+`RecipeParser` is `TrlParser` with this library's rules: the file is given as `--recipe FILE` (TRL's `--config FILE`
+works too), command-line values win over the file, and every key of both is checked before anything loads. An
+unknown key, a value of the wrong type or a value the dataclasses reject raises `RecipeError` naming the key and
+where it came from (and, for a typo, the closest valid key).
+
+Names in recipes are open registries: a policy (`register_model_source`), a dataset (`ranke_trl.data`), a reward
+(`ranke_trl.rewards`), recipe keys with a training callback (`register_recipe_extension`). Plugins fill them
+(`ranke_trl.plugins`), as ShapesWorld does.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
-import yaml
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 from .config import RankEConfig
+from .plugins import load_plugins, lookup
+
+DEFAULT_OUTPUT_DIR = "outputs/ranke"
 
 
 class RecipeError(ValueError):
@@ -30,15 +41,15 @@ class RecipeArguments:
     model_name_or_path: str = field(
         default="deepseek-community/Janus-Pro-1B",
         metadata={
-            "help": "Policy: a Hub id or local directory of a Janus checkpoint, 'shapes' (ShapesWorld's SFT'd policy, "
-            "prepared offline on first use) or 'tiny' (random, offline)."
+            "help": "Policy: a Hub id or local directory of a Janus checkpoint, or a registered name "
+            "(`register_model_source`): 'tiny' (random, offline) or a plugin's ('shapes': ShapesWorld's SFT'd policy)."
         },
     )
     dataset_name: str = field(
         default="tiny",
         metadata={
-            "help": "Prompt dataset: a Hub id, a local `datasets` directory, a .json/.jsonl/.csv/.parquet file, "
-            "'shapes' (ShapesWorld, generated offline) or 'tiny' (64 ShapesWorld rows)."
+            "help": "Prompt dataset (`ranke_trl.data.open_dataset`): a Hub id, a local `datasets` directory, a data "
+            "folder or file, or a registered name: 'tiny' (64 coloured squares, offline) or a plugin's ('shapes')."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
@@ -47,7 +58,8 @@ class RecipeArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training rows."})
     reward_funcs: list[str] = field(
         default_factory=lambda: ["clip"],
-        metadata={"help": "Rewards by name (see `ranke_trl.rewards.load_reward`): 'clip', 'hps', 'tiny_clip', ..."},
+        metadata={"help": "Rewards by name (`ranke_trl.rewards.load_reward`): 'clip', 'hps', 'tiny_clip', or a "
+                  "plugin's ('shapes_clip', 'shapes_eval')."},
     )
     clip_model_name: str = field(default="ViT-L-14", metadata={"help": "open_clip model of the CLIP reward."})
     clip_pretrained: str = field(
@@ -61,14 +73,6 @@ class RecipeArguments:
     reward_batch_size: int = field(default=32, metadata={"help": "Images per reward-model forward (Stage 1 chunks)."})
     reward_dtype: str | None = field(
         default=None, metadata={"help": "dtype of the reward models, e.g. 'bfloat16'; None keeps float32."}
-    )
-    world_eval_prompts: int = field(
-        default=256,
-        metadata={
-            "help": "With `model_name_or_path: shapes`, score the policy + decoder on this many fixed ShapesWorld "
-            "validation prompts before and after training (CLIP score, ShapesFID, ShapesEval, token KL) and write "
-            "`world_eval.json` to output_dir; 0 skips it (ours: 256)."
-        },
     )
     # LoRA on the policy, with TRL's `ModelConfig` names. The decoder always trains in full.
     use_peft: bool = field(
@@ -86,95 +90,180 @@ class RecipeArguments:
             "attention and MLP projection of the language model, plus the generation aligner and head (ours)."
         },
     )
+    # Instances of the plugins' recipe sections (`register_recipe_extension`), by name; filled by `parse_recipe`.
+    extensions: dict = field(default_factory=dict, init=False, repr=False)
 
 
-class _RaisingParser(HfArgumentParser):
+class RecipeParser(TrlParser):
+    """`trl.TrlParser` with strict keys, typed file values, `--recipe FILE` and `RecipeError`s.
+
+    Args:
+        dataclass_types: the dataclasses whose fields are the recipe keys.
+        defaults: field values that replace the dataclasses' defaults (the file and the command line still win).
+
+    `parse_args_and_config(argv)` returns one instance per dataclass type. A file value is converted by its field's
+    type as the same value on the command line would be, so `learning_rate: fast` fails here, naming the key.
+    """
+
+    def __init__(self, dataclass_types: Iterable[type], defaults: dict | None = None):
+        super().__init__(tuple(dataclass_types), allow_abbrev=False)
+        self.source = "the command line"
+        if defaults:
+            self.set_defaults(**defaults)
+
     def error(self, message):  # argparse would print usage and exit; a recipe error should say what to fix
-        raise RecipeError(message)
+        raise RecipeError(f"{message} (in {self.source})")
+
+    def parse_args_and_config(self, args: Iterable[str] | None = None, **kwargs) -> tuple:
+        """Parse `[--recipe FILE] [--key value ...]` (default: `sys.argv[1:]`) into the dataclasses."""
+        argv = list(sys.argv[1:] if args is None else args)
+        path = None
+        for flag in ("--recipe", "--config"):
+            for index, token in enumerate(argv):
+                if token == flag and index + 1 < len(argv):
+                    path, argv = argv[index + 1], argv[:index] + argv[index + 2 :]
+                    break
+                if token.startswith(flag + "="):
+                    path, argv = token.split("=", 1)[1], argv[:index] + argv[index + 1 :]
+                    break
+        if path is not None and not os.path.isfile(path):
+            raise RecipeError(f"Recipe file not found: {path}")
+        for token in argv:
+            if token.startswith("--") and len(token) > 2:
+                self._check_key(token[2:].split("=", 1)[0], "the command line", command_line=True)
+        self.source = path or "the command line"
+        try:
+            return super().parse_args_and_config((["--config", path] if path else []) + argv, **kwargs)
+        except RecipeError:
+            raise
+        except (ValueError, TypeError, FileNotFoundError) as error:  # the dataclasses' own validation
+            raise RecipeError(f"Invalid settings in {self.source}: {error}") from error
+        finally:
+            self.source = "the command line"
+
+    def set_defaults_with_config(self, **recipe) -> list[str]:
+        """TRL's hook for the file's values: each key is checked and each value typed before it becomes a default."""
+        typed = {}
+        for key, value in recipe.items():
+            action = self._check_key(str(key), self.source)
+            typed[key] = self._typed(action, key, value)
+        return super().set_defaults_with_config(**typed)
+
+    def _check_key(self, key: str, source: str, command_line: bool = False) -> argparse.Action | None:
+        """The action of recipe key `key`; a file key must be a field name, the command line may also use an
+        option's other spellings (`--no_bf16`, `--learning-rate`) and `--help`."""
+        if command_line and key == "help":
+            return None
+        action = self._option_string_actions.get(f"--{key}")
+        if action is None or action.dest == "help" or (not command_line and action.dest != key):
+            valid = sorted({a.dest for a in self._actions if a.dest != "help"})
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"Unknown recipe key '{key}' in {source}.{hint}")
+        return action
+
+    def _typed(self, action: argparse.Action, key: str, value):
+        """A file value converted as the command line would convert it; lists and mappings of free-form fields
+        (e.g. `report_to`, `model_init_kwargs`) are kept as they are."""
+        many = action.nargs in ("+", "*")
+        if value is None or action.type is None or (isinstance(value, (list, dict)) and action.type is str and not many):
+            return value
+        if isinstance(value, dict) or (isinstance(value, list) and not many):
+            raise RecipeError(f"Invalid value {value!r} for '{key}' in {self.source}: it takes a single value.")
+        values = value if isinstance(value, list) else [value]
+        try:
+            converted = [action.type(v if isinstance(v, str) else str(v)) for v in values]
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            kind = getattr(action.type, "__name__", "value")
+            raise RecipeError(f"Invalid value {value!r} for '{key}' in {self.source}: expected {kind} ({error}).")
+        return converted if many else converted[0]
 
 
-def _valid_keys() -> dict[str, type]:
-    keys = {}
-    for cls in (RecipeArguments, RankEConfig):
-        keys.update({f.name: cls for f in fields(cls) if f.init})
-    return keys
+# ------------------------------------------------------------------------ training recipes
 
 
-def _check_key(key: str, source: str) -> None:
-    valid = _valid_keys()
-    if key not in valid:
-        close = difflib.get_close_matches(key, list(valid), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise RecipeError(f"Unknown recipe key '{key}' in {source}.{hint}")
+@dataclass(frozen=True)
+class RecipeExtension:
+    """Recipe keys a plugin adds (`arguments`, a dataclass) and its optional training callback factory."""
+
+    arguments: type
+    callback: Callable | None = None
 
 
-def _to_argv(key: str, value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, bool):
-        return [f"--{key}", str(value).lower()]
-    if isinstance(value, list):
-        return [f"--{key}", *[json.dumps(v) if isinstance(v, dict) else str(v) for v in value]]
-    if isinstance(value, dict):
-        return [f"--{key}", json.dumps(value)]
-    return [f"--{key}", str(value)]
+RECIPE_EXTENSIONS: dict[str, RecipeExtension] = {}
+#: name -> resolver(script_args, config) returning (model or path, processing class or None)
+MODEL_SOURCES: dict[str, Callable] = {}
 
 
-def load_recipe_file(path: str) -> dict:
-    """Read a recipe YAML into a dict, checking that it is a mapping of valid keys."""
-    if not os.path.isfile(path):
-        raise RecipeError(f"Recipe file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        recipe = yaml.safe_load(f) or {}
-    if not isinstance(recipe, dict):
-        raise RecipeError(f"{path} must be a YAML mapping of settings, got {type(recipe).__name__}.")
-    for key in recipe:
-        _check_key(str(key), path)
-    return recipe
+def register_recipe_extension(name: str, arguments: type, callback: Callable | None = None) -> None:
+    """Add the fields of the dataclass `arguments` to the training recipe keys of `parse_recipe`.
+
+    After parsing, `script_args.extensions[name]` is the `arguments` instance. `callback(arguments, script_args,
+    config, trainer)`, if given, returns a `transformers.TrainerCallback` for the trainer, or None when the recipe
+    does not ask for it; `build_callbacks` collects them. Field names must not clash with existing recipe keys.
+    """
+    taken = {f.name for cls in (RecipeArguments, RankEConfig) for f in fields(cls)}
+    taken |= {f.name for other, ext in RECIPE_EXTENSIONS.items() if other != name for f in fields(ext.arguments)}
+    clashes = sorted({f.name for f in fields(arguments)} & taken)
+    if clashes:
+        raise ValueError(f"Recipe extension {name!r} redefines recipe keys {clashes}; rename its fields.")
+    RECIPE_EXTENSIONS[name] = RecipeExtension(arguments, callback)
+
+
+def register_model_source(name: str, resolver: Callable) -> None:
+    """Make `name` a `model_name_or_path`: `resolver(script_args, config)` returns `(model_or_path, processor)`,
+    what `RankEGRPOTrainer(model=..., processing_class=...)` takes (processor None: loaded with the model).
+    A registered name wins over a local directory of the same name."""
+    MODEL_SOURCES[name] = resolver
 
 
 def parse_recipe(argv: list[str] | None = None) -> tuple[RecipeArguments, RankEConfig]:
-    """Parse `--recipe FILE` plus `--key value` overrides (overrides win) into `(RecipeArguments, RankEConfig)`."""
-    import sys
+    """Parse `--recipe FILE` plus `--key value` overrides (overrides win) into `(RecipeArguments, RankEConfig)`.
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default=None)
-    known, overrides = pre.parse_known_args(argv)
-    recipe = load_recipe_file(known.recipe) if known.recipe else {}
-    for token in overrides:
-        if token.startswith("--"):
-            _check_key(token[2:].split("=", 1)[0], "the command line")
-    recipe_argv = [token for key, value in recipe.items() for token in _to_argv(key, value)]
-    if "output_dir" not in recipe and not any(t.split("=", 1)[0] == "--output_dir" for t in overrides):
-        recipe_argv += ["--output_dir", "outputs/ranke"]
-    parser = _RaisingParser((RecipeArguments, RankEConfig))
-    try:
-        script_args, config = parser.parse_args_into_dataclasses(recipe_argv + overrides)
-    except RecipeError:
-        raise
-    except (ValueError, TypeError) as err:  # RankEConfig / TrainingArguments validation
-        raise RecipeError(f"Invalid settings in {known.recipe or 'the command line'}: {err}") from err
+    The keys are those of `RecipeArguments`, `RankEConfig` and every registered recipe extension (plugins are loaded
+    first); the extensions' instances go to `script_args.extensions`. `output_dir` defaults to "outputs/ranke".
+    """
+    load_plugins()
+    names = list(RECIPE_EXTENSIONS)
+    types = (RecipeArguments, RankEConfig, *(RECIPE_EXTENSIONS[name].arguments for name in names))
+    parser = RecipeParser(types, defaults={"output_dir": DEFAULT_OUTPUT_DIR})
+    script_args, config, *extra = parser.parse_args_and_config(argv)
+    script_args.extensions = dict(zip(names, extra))
     return script_args, config
+
+
+def _tiny_policy(script_args: RecipeArguments, config: RankEConfig):
+    from .distributed import zero3_init_disabled
+    from .tiny import build_tiny_janus, build_tiny_janus_processor
+
+    with zero3_init_disabled(config):  # the same random model as on one process; DeepSpeed partitions it later
+        return build_tiny_janus(seed=config.seed), build_tiny_janus_processor()
+
+
+register_model_source("tiny", _tiny_policy)
 
 
 def build_policy(script_args: RecipeArguments, config: RankEConfig):
     """The policy to hand to the trainer: `(model_or_path, processing_class_or_None)`.
 
-    'tiny' builds a random tiny Janus offline; 'shapes' is ShapesWorld's SFT'd policy (prepared and cached on first
-    use, see examples/prepare_shapes_world.py); anything else is a Hub id or local directory the trainer loads.
+    A registered name (`register_model_source`: 'tiny' builds a random tiny Janus offline; plugins add theirs) is
+    resolved; anything else is a Hub id or local directory the trainer loads.
     """
-    if script_args.model_name_or_path == "shapes":
-        from .world.pretrain import shapes_policy_path
-
-        return shapes_policy_path(), None
-    if script_args.model_name_or_path == "tiny":
-        from .distributed import zero3_init_disabled
-        from .tiny import build_tiny_janus, build_tiny_janus_processor
-
-        with zero3_init_disabled(config):  # the same random model as on one process; DeepSpeed partitions it later
-            return build_tiny_janus(seed=config.seed), build_tiny_janus_processor()
+    resolver = lookup(MODEL_SOURCES, script_args.model_name_or_path)
+    if resolver is not None:
+        return resolver(script_args, config)
     return script_args.model_name_or_path, None
+
+
+def build_callbacks(script_args: RecipeArguments, config: RankEConfig, trainer) -> list:
+    """The training callbacks of the recipe's extensions (`register_recipe_extension`), for `trainer.add_callback`."""
+    callbacks = []
+    for name, extension in RECIPE_EXTENSIONS.items():
+        if extension.callback is not None and name in script_args.extensions:
+            callback = extension.callback(script_args.extensions[name], script_args, config, trainer)
+            if callback is not None:
+                callbacks.append(callback)
+    return callbacks
 
 
 def build_peft_config(script_args: RecipeArguments):
@@ -208,50 +297,3 @@ def build_rewards(script_args: RecipeArguments) -> list:
         "hpsv2": {"version": script_args.hps_version, "checkpoint": script_args.hps_checkpoint},
     }
     return [load_reward(name, **common, **per_reward.get(name, {})) for name in script_args.reward_funcs]
-
-
-# ------------------------------------------------------------------------ recipes of other dataclasses (evaluation)
-
-
-def _check_key_among(key: str, valid: list[str], source: str) -> None:
-    if key not in valid:
-        close = difflib.get_close_matches(key, valid, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise RecipeError(f"Unknown recipe key '{key}' in {source}.{hint}")
-
-
-def parse_dataclass_recipe(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
-    """`parse_recipe` for any dataclasses (e.g. `EvalArguments`): `--recipe FILE` plus `--key value` overrides.
-
-    Every key of the file and of the command line is checked against the dataclasses' fields before anything
-    loads: an unknown key raises `RecipeError` naming it and the closest valid key. Errors the dataclasses raise
-    while validating (`__post_init__`) become `RecipeError`s naming the recipe. Returns one instance per type.
-    """
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    valid = [f.name for cls in dataclass_types for f in fields(cls) if f.init]
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--recipe", default=None)
-    known, overrides = pre.parse_known_args(argv)
-    recipe = {}
-    if known.recipe:
-        if not os.path.isfile(known.recipe):
-            raise RecipeError(f"Recipe file not found: {known.recipe}")
-        with open(known.recipe, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f) or {}
-        if not isinstance(recipe, dict):
-            raise RecipeError(f"{known.recipe} must be a YAML mapping of settings, got {type(recipe).__name__}.")
-        for key in recipe:
-            _check_key_among(str(key), valid, known.recipe)
-    for token in overrides:
-        if token.startswith("--") and token != "--help":
-            _check_key_among(token[2:].split("=", 1)[0], valid, "the command line")
-    recipe_argv = [token for key, value in recipe.items() for token in _to_argv(key, value)]
-    parser = _RaisingParser(tuple(dataclass_types))
-    try:
-        return tuple(parser.parse_args_into_dataclasses(recipe_argv + overrides))
-    except RecipeError:
-        raise
-    except (ValueError, TypeError, FileNotFoundError) as err:  # the dataclasses' own validation
-        raise RecipeError(f"Invalid settings in {known.recipe or 'the command line'}: {err}") from err

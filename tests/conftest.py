@@ -50,6 +50,6 @@ def _seed():
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A tiny ShapesWorld preparation (seconds of training, poor models), shared by every test that needs one."""
-    from ranke_trl.world.pretrain import prepare_shapes_world
+    from shapes_world.pretrain import prepare_shapes_world
 
     return prepare_shapes_world(tmp_path_factory.mktemp("shapes_world"), tiny=True, seed=0, show_progress=False)

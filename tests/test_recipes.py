@@ -1,22 +1,35 @@
-"""Recipes: YAML + command-line overrides, checked before anything loads."""
+"""Recipes: YAML + command-line overrides, read by one parser on TRL's `TrlParser`, checked before anything loads."""
 
 import glob
 import os
 
 import pytest
 
-from ranke_trl.recipes import RecipeError, parse_recipe
+from ranke_trl.cli import parse_eval_args
+from ranke_trl.recipes import RecipeError, RecipeParser, parse_recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_RECIPES = sorted(
-    p for p in glob.glob(os.path.join(REPO, "recipes", "*.yaml")) if not os.path.basename(p).startswith("eval")
-)
+RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "*.yaml")))
+TRAIN_RECIPES = [p for p in RECIPES if not os.path.basename(p).startswith("eval")]
+EVAL_RECIPES = [p for p in RECIPES if os.path.basename(p).startswith("eval")]
 
 
 @pytest.mark.parametrize("path", TRAIN_RECIPES, ids=os.path.basename)
 def test_every_shipped_training_recipe_parses(path):
     script_args, config = parse_recipe(["--recipe", path, "--bf16", "false"])  # bf16 needs a GPU here
     assert script_args.reward_funcs and config.num_generations >= 2
+
+
+@pytest.mark.parametrize("path", EVAL_RECIPES, ids=os.path.basename)
+def test_every_shipped_evaluation_recipe_parses(path):
+    args = parse_eval_args(["--recipe", path])
+    assert args.metrics and args.output_dir
+
+
+def test_the_parser_is_trls():
+    from trl import TrlParser
+
+    assert issubclass(RecipeParser, TrlParser)
 
 
 def test_janus_clip_recipe_has_the_papers_stage1_settings():
@@ -40,17 +53,29 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
 
 
 def test_wrong_type_is_named(tmp_path):
-    with pytest.raises(RecipeError, match="learning_rate"):
+    with pytest.raises(RecipeError, match="'learning_rate' in .*recipe.yaml.*float"):
         parse_recipe(["--recipe", _write(tmp_path, "learning_rate: fast\n")])
 
 
+def test_file_values_are_typed_like_command_line_values(tmp_path):
+    with pytest.raises(RecipeError, match="'num_generations'.*int"):
+        parse_recipe(["--recipe", _write(tmp_path, "bf16: false\nnum_generations: 4.5\n")])
+    with pytest.raises(RecipeError, match="'beta'.*single value"):
+        parse_recipe(["--recipe", _write(tmp_path, "bf16: false\nbeta: [0.1, 0.2]\n")])
+
+
+def test_wrong_type_on_the_command_line_is_named():
+    with pytest.raises(RecipeError, match="--learning_rate.*invalid float value: 'fast'"):
+        parse_recipe(["--bf16", "false", "--learning_rate", "fast"])
+
+
 def test_unknown_command_line_key_is_named(tmp_path):
-    with pytest.raises(RecipeError, match="Unknown recipe key 'guidance'"):
+    with pytest.raises(RecipeError, match="Unknown recipe key 'guidance' in the command line"):
         parse_recipe(["--recipe", _write(tmp_path, "bf16: false\n"), "--guidance", "3"])
 
 
 def test_invalid_value_fails_with_the_reason(tmp_path):
-    with pytest.raises(RecipeError, match="guidance_scale must be >= 1"):
+    with pytest.raises(RecipeError, match="recipe.yaml: guidance_scale must be .*>= 1"):
         parse_recipe(["--recipe", _write(tmp_path, "bf16: false\nguidance_scale: 0.5\n")])
 
 
@@ -63,6 +88,16 @@ def test_command_line_overrides_win(tmp_path):
     assert script_args.reward_funcs == ["tiny_clip", "hps"]
 
 
+def test_trls_config_flag_reads_the_recipe_too(tmp_path):
+    _, config = parse_recipe(["--config", _write(tmp_path, "bf16: false\nlearning_rate: 2.0e-6\n")])
+    assert config.learning_rate == 2e-6
+
+
+def test_output_dir_has_a_default_the_recipe_can_replace(tmp_path):
+    assert parse_recipe(["--bf16", "false"])[1].output_dir == "outputs/ranke"
+    assert parse_recipe(["--recipe", _write(tmp_path, "bf16: false\noutput_dir: runs/x\n")])[1].output_dir == "runs/x"
+
+
 def test_uniform_gan_from_recipe(tmp_path):
     _, config = parse_recipe(["--recipe", _write(tmp_path, "bf16: false\nrank_gan_temperature: inf\n")])
     assert config.rank_gan_temperature == float("inf")
@@ -71,6 +106,28 @@ def test_uniform_gan_from_recipe(tmp_path):
 def test_missing_recipe_file_is_reported(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         parse_recipe(["--recipe", str(tmp_path / "nope.yaml")])
+
+
+def test_plugin_recipe_keys_are_parsed_into_their_section():
+    script_args, _ = parse_recipe(["--recipe", os.path.join(REPO, "recipes/shapes_clip.yaml"), "--world_eval_prompts",
+                                   "8"])
+    assert script_args.extensions["shapes_world"].world_eval_prompts == 8
+
+
+def test_evaluation_recipes_have_the_same_rules(tmp_path):
+    with pytest.raises(RecipeError, match="'clip_modle_name' in .*recipe.yaml.*Did you mean 'clip_model_name'"):
+        parse_eval_args(["--recipe", _write(tmp_path, "policy_name_or_path: x\nclip_modle_name: ViT-B-32\n")])
+    with pytest.raises(RecipeError, match="'max_promts' in the command line.*Did you mean 'max_prompts'"):
+        parse_eval_args(["--recipe", os.path.join(REPO, "recipes/eval_tiny.yaml"), "--max_promts", "3"])
+    with pytest.raises(RecipeError, match="'batch_size'.*int"):
+        parse_eval_args(["--recipe", _write(tmp_path, "policy_name_or_path: x\nbatch_size: many\n")])
+    args = parse_eval_args(["--recipe", os.path.join(REPO, "recipes/eval_tiny.yaml"), "--max_prompts", "3"])
+    assert args.max_prompts == 3 and args.prompt_set == "shapes"
+
+
+def test_unknown_prompt_set_lists_the_registered_ones(tmp_path):
+    with pytest.raises(RecipeError, match="Unknown prompt_set 'coco'.*'dataset'.*'geneval'.*'hps'"):
+        parse_eval_args(["--policy_name_or_path", "x", "--prompt_set", "coco"])
 
 
 def test_recipe_errors_come_before_any_model_loads(tmp_path, monkeypatch):

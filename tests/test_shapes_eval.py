@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from ranke_trl.world import (
+from shapes_world import (
     COLORS,
     FAMILIES,
     KINDS,
@@ -22,7 +22,7 @@ from ranke_trl.world import (
     shapes_eval_reward,
     summarize,
 )
-from ranke_trl.world.scenes import shape_mask
+from shapes_world.scenes import shape_mask
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Features, Image, Value
 
-from ranke_trl.world import (
+from shapes_world import (
     BACKGROUND,
     FAMILIES,
     PALETTE,
@@ -17,8 +17,8 @@ from ranke_trl.world import (
     sample_scenes,
     scene_split,
 )
-from ranke_trl.world.data import family_counts
-from ranke_trl.world.vocab import GAP, SIZES
+from shapes_world.data import family_counts
+from shapes_world.vocab import GAP, SIZES
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ShapesWorld's pretrained components (`ranke_trl.world.pretrain`): a tiny preparation, its cache and its loaders."""
+"""ShapesWorld's pretrained components (`shapes_world.pretrain`): a tiny preparation, its cache and its loaders."""
 
 import json
 import shutil
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ranke_trl.world import pretrain
-from ranke_trl.world.features import CELL_CLASSES, ShapesAttributeNet, cell_targets
-from ranke_trl.world.perceptual import ShapesPerceptualDistance, l2_quantize
-from ranke_trl.world.scenes import Scene, ShapeSpec
+from shapes_world import pretrain
+from shapes_world.features import CELL_CLASSES, ShapesAttributeNet, cell_targets
+from shapes_world.perceptual import ShapesPerceptualDistance, l2_quantize
+from shapes_world.scenes import Scene, ShapeSpec
 
 
 @pytest.fixture
@@ -57,11 +57,11 @@ def test_policy_and_processor_load_with_from_pretrained_and_hold_the_trained_vq(
 def test_saved_policy_samples_and_decodes_images(cache):
     from transformers import AutoProcessor, JanusForConditionalGeneration
 
-    from ranke_trl.policy.janus import JanusPolicy
+    from ranke_trl.policy import make_policy
 
     path = pretrain.shapes_policy_path(cache, prepare=False)
     model = JanusForConditionalGeneration.from_pretrained(path)
-    policy = JanusPolicy(AutoProcessor.from_pretrained(path), model)
+    policy = make_policy(model, AutoProcessor.from_pretrained(path))
     codes = policy.sample(model, policy.encode_prompts(["a red circle"]), guidance_scale=3.0)
     assert policy.codec(model).decode(codes).shape == (1, 3, 64, 64)
 

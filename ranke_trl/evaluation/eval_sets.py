@@ -1,39 +1,37 @@
 """Evaluation sets: the prompts to generate for, and the real images to compare against.
 
-Prompt sets (METHOD.md, Evaluation protocol), each read into a list of `PromptRecord`s in a fixed order:
+Prompt sets (METHOD.md, Evaluation protocol) are known by name (`register_prompt_set`), each read into a list of
+`PromptRecord`s in a fixed order. Built in:
 
-- `"dataset"`: a text column of a Hub dataset, a local `save_to_disk` directory, a data folder or a
-  .json/.jsonl/.csv/.parquet file (MS-COCO 30K captions: `sayakpaul/coco-30-val-2014`, column `caption`);
+- `"dataset"`: a text column of any `ranke_trl.data.open_dataset` source: a Hub dataset, a local `save_to_disk`
+  directory, a data folder, a .json/.jsonl/.csv/.parquet file or a registered dataset (MS-COCO 30K captions:
+  `sayakpaul/coco-30-val-2014`, column `caption`);
 - `"hps"`: the HPSv2 benchmark subsets (`hps_benchmark.load_hps_benchmark_prompts`);
-- `"geneval"`: GenEval's `evaluation_metadata.jsonl`, one record per line;
-- `"shapes"`: the offline ShapesWorld (`ranke_trl.world.make_split`), whose `metadata` is GenEval-like.
+- `"geneval"`: GenEval's `evaluation_metadata.jsonl`, one record per line.
 
-Reference image sets (FID's real images, the shift diagnostics' ground-truth codes) are any of the same dataset
-sources with an image column, or `"shapes"`. Both are read lazily: only the rows a process needs are decoded.
+Plugins add theirs (ShapesWorld: `"shapes"`, with GenEval-like metadata). Reference image sets (FID's real images,
+the shift diagnostics' ground-truth codes) are `open_dataset` sources with an image column. Both are read lazily:
+only the rows a process needs are decoded.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
-from datasets import Dataset, load_dataset, load_from_disk
+from datasets import Dataset
 
 from ranke_trl.corpus import image_to_tensor
-from ranke_trl.data import _FILE_BUILDERS
+from ranke_trl.data import open_dataset
+from ranke_trl.plugins import lookup
 
 from .geneval import read_geneval_prompts
 from .hps_benchmark import PAPER_SUBSETS, load_hps_benchmark_prompts
-
-PROMPT_SETS = ("dataset", "hps", "geneval", "shapes")
-DEFAULT_SHAPES_ROWS = 64
-# Files `Dataset.save_to_disk` / `DatasetDict.save_to_disk` write; any other folder is a data folder to load_dataset.
-_SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
 @dataclass(frozen=True)
@@ -68,42 +66,48 @@ def prompt_seed(base_seed: int, record: PromptRecord) -> int:
     return int(state[0]) >> 1
 
 
-def open_dataset(
-    source: str, split: str = "train", config: str | None = None, num_rows: int | None = None, seed: int = 0
-) -> Dataset:
-    """A `datasets.Dataset` from `source`: "shapes", a Hub id, a saved dataset, a data folder or a data file.
-
-    Unlike `ranke_trl.data.load_prompt_dataset`, it needs no prompt column (reference image sets have none) and it
-    reads plain folders (e.g. an image folder) with `load_dataset`. `num_rows` keeps the first rows (for "shapes":
-    how many to generate, default 64); `seed` fixes the "shapes" rows.
-    """
-    if source == "shapes":
-        from ranke_trl.world import make_split
-
-        return make_split(split, num_examples=num_rows or DEFAULT_SHAPES_ROWS, seed=seed)
-    if os.path.isdir(source) and any(os.path.isfile(os.path.join(source, f)) for f in _SAVED_DATASET_FILES):
-        dataset = load_from_disk(source)
-        if hasattr(dataset, "keys"):
-            if split not in dataset:
-                raise ValueError(f"{source} has no split {split!r} (splits: {list(dataset)}); set the split key.")
-            dataset = dataset[split]
-    elif os.path.isfile(source):
-        builder = _FILE_BUILDERS.get(os.path.splitext(source)[1])
-        if builder is None:
-            raise ValueError(f"Cannot read {source}: use a .json, .jsonl, .csv or .parquet file, or a folder.")
-        dataset = load_dataset(builder, data_files=source, split="train")
-    else:  # a data folder (load_dataset infers imagefolder, csv, ...) or a Hub id
-        dataset = load_dataset(source, config, split=split)
-    if num_rows is not None:
-        dataset = dataset.select(range(min(num_rows, len(dataset))))
-    return dataset
-
-
 def _check_column(dataset: Dataset, column: str, source: str, key: str) -> None:
     if column not in dataset.column_names:
         raise ValueError(
             f"{source} has no column {column!r} (columns: {dataset.column_names}); set `{key}` to the right one."
         )
+
+
+#: `load(*, source, split, config, column, max_prompts, seed, hps_subsets) -> list[PromptRecord]`
+PromptSetLoader = Callable[..., "list[PromptRecord]"]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A prompt set known by name: its loader, and whether every record carries GenEval metadata (then the
+    'geneval' export can run on it)."""
+
+    load: PromptSetLoader
+    geneval_metadata: bool = False
+
+
+PROMPT_SETS: dict[str, PromptSet] = {}
+
+
+def register_prompt_set(name: str, load: PromptSetLoader, *, geneval_metadata: bool = False) -> None:
+    """Make `name` a `prompt_set` of `ranke-trl eval`.
+
+    `load` is called with the keywords `source` (the recipe's `prompt_dataset` / `geneval_metadata` /
+    `hps_benchmark_dir`, or None), `split` (None: the set's own default), `config`, `column`, `max_prompts` (None:
+    all, or the set's own default size), `seed` (`dataset_seed`) and `hps_subsets`; it takes the ones it needs and
+    `**kwargs`. It returns `PromptRecord`s in a fixed order. Registering a name again replaces it.
+    """
+    if not callable(load):
+        raise TypeError(f"register_prompt_set({name!r}, ...) needs a callable loader, got {load!r}.")
+    PROMPT_SETS[name] = PromptSet(load, geneval_metadata)
+
+
+def get_prompt_set(name: str) -> PromptSet:
+    """The prompt set registered as `name`, loading plugins if needed; a ValueError lists the known names."""
+    prompt_set = lookup(PROMPT_SETS, name)
+    if prompt_set is None:
+        raise ValueError(f"Unknown prompt_set {name!r}; choose from {sorted(PROMPT_SETS)}.")
+    return prompt_set
 
 
 def load_eval_prompts(
@@ -115,41 +119,49 @@ def load_eval_prompts(
     column: str = "prompt",
     max_prompts: int | None = None,
     hps_subsets: Sequence[str] = PAPER_SUBSETS,
-    shapes_seed: int = 0,
+    seed: int = 0,
 ) -> list[PromptRecord]:
-    """The prompts of an evaluation set, in file order (see the module docstring for `prompt_set`).
+    """The prompts of the evaluation set `prompt_set`, in its fixed order (see `register_prompt_set`).
 
-    `source`: the dataset ("dataset"), the local HPS benchmark folder or None for the Hub ("hps"), the path of
-    `evaluation_metadata.jsonl` ("geneval"); unused for "shapes". `split` defaults to "train", or "test" for
-    "shapes". `max_prompts` keeps the first prompts (per subset for "hps").
+    `max_prompts` keeps the first prompts (per subset for "hps").
     """
-    if prompt_set not in PROMPT_SETS:
-        raise ValueError(f"Unknown prompt_set {prompt_set!r}; choose from {list(PROMPT_SETS)}.")
+    loader = get_prompt_set(prompt_set).load
     if max_prompts is not None and max_prompts <= 0:
         raise ValueError(f"max_prompts must be positive or None, got {max_prompts}.")
-    if prompt_set == "hps":
-        by_subset = load_hps_benchmark_prompts(hps_subsets, source=source, max_per_subset=max_prompts)
-        return [PromptRecord(i, text, subset=name) for name, texts in by_subset.items() for i, text in enumerate(texts)]
-    if prompt_set == "geneval":
-        if source is None or not os.path.isfile(source):
-            raise FileNotFoundError(
-                f"GenEval metadata file not found: {source}; set `geneval_metadata` to GenEval's "
-                "prompts/evaluation_metadata.jsonl."
-            )
-        rows = read_geneval_prompts(source)[:max_prompts]
-        return [PromptRecord(i, row["prompt"], metadata=row) for i, row in enumerate(rows)]
-    if prompt_set == "shapes":
-        dataset = open_dataset("shapes", split or "test", num_rows=max_prompts, seed=shapes_seed)
-        return [
-            PromptRecord(i, text, metadata=json.loads(meta))
-            for i, (text, meta) in enumerate(zip(dataset["prompt"], dataset["metadata"]))
-        ]
+    return loader(source=source, split=split, config=config, column=column, max_prompts=max_prompts, seed=seed,
+                  hps_subsets=hps_subsets)
+
+
+def _dataset_prompts(*, source, split, config, column, max_prompts, seed, **_) -> list[PromptRecord]:
+    """A text column of any `open_dataset` source."""
     if source is None:
         raise ValueError("prompt_set 'dataset' needs `prompt_dataset` (a Hub id, local dataset, folder or file).")
-    dataset = open_dataset(source, split or "train", config, num_rows=max_prompts)
+    dataset = open_dataset(source, split, config, num_rows=max_prompts, seed=seed)
     _check_column(dataset, column, source, "prompt_column")
     texts = dataset.select_columns([column])[column]  # only the text: images in the same rows stay undecoded
     return [PromptRecord(i, str(text)) for i, text in enumerate(texts)]
+
+
+def _hps_prompts(*, source, max_prompts, hps_subsets, **_) -> list[PromptRecord]:
+    """The HPSv2 benchmark: `source` is its local folder, or None for the Hub."""
+    by_subset = load_hps_benchmark_prompts(hps_subsets, source=source, max_per_subset=max_prompts)
+    return [PromptRecord(i, text, subset=name) for name, texts in by_subset.items() for i, text in enumerate(texts)]
+
+
+def _geneval_prompts(*, source, max_prompts, **_) -> list[PromptRecord]:
+    """GenEval: `source` is the path of its `evaluation_metadata.jsonl`."""
+    if source is None or not os.path.isfile(source):
+        raise FileNotFoundError(
+            f"GenEval metadata file not found: {source}; set `geneval_metadata` to GenEval's "
+            "prompts/evaluation_metadata.jsonl."
+        )
+    rows = read_geneval_prompts(source)[:max_prompts]
+    return [PromptRecord(i, row["prompt"], metadata=row) for i, row in enumerate(rows)]
+
+
+register_prompt_set("dataset", _dataset_prompts)
+register_prompt_set("hps", _hps_prompts)
+register_prompt_set("geneval", _geneval_prompts, geneval_metadata=True)
 
 
 def iter_image_batches(

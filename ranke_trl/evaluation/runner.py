@@ -30,12 +30,13 @@ from torch import nn
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
+from ranke_trl.data import default_split
 from ranke_trl.diagnostics import CodeHistogram, ShiftDiagnostics
 from ranke_trl.policy import VQCodec, load_policy_model, make_policy
 from ranke_trl.rewards import load_reward
 
 from .clip_score import CLIPScoreMetric
-from .eval_sets import PROMPT_SETS, iter_image_batches, load_eval_prompts, open_dataset, prompt_seed
+from .eval_sets import PROMPT_SETS, get_prompt_set, iter_image_batches, load_eval_prompts, open_dataset, prompt_seed
 from .fid import FIDMetric
 from .geneval import GenEvalWriter, read_geneval_results
 from .hps_benchmark import PAPER_SUBSETS, summarize_hps
@@ -72,12 +73,17 @@ class EvalArguments:
         default=None, metadata={"help": "Template with a `{prompt}` slot; default: the backbone's chat format."}
     )
     # ------------------------------------------------------------------ prompts
-    prompt_set: str = field(default="dataset", metadata={"help": f"One of {PROMPT_SETS}."})
+    prompt_set: str = field(
+        default="dataset",
+        metadata={"help": "A registered prompt set: 'dataset', 'hps', 'geneval', or a plugin's (ShapesWorld: 'shapes')."},
+    )
     prompt_dataset: str | None = field(
         default=None, metadata={"help": "For prompt_set 'dataset': a Hub id, local dataset, folder or data file."}
     )
     prompt_dataset_config: str | None = field(default=None, metadata={"help": "Configuration of prompt_dataset."})
-    prompt_split: str | None = field(default=None, metadata={"help": "Split; default 'train' ('test' for shapes)."})
+    prompt_split: str | None = field(
+        default=None, metadata={"help": "Split; default 'train', or a registered set's own ('test' for shapes)."}
+    )
     prompt_column: str = field(default="prompt", metadata={"help": "Column of prompt_dataset holding the prompts."})
     max_prompts: int | None = field(default=None, metadata={"help": "Keep the first N prompts (per HPS subset)."})
     hps_benchmark_dir: str | None = field(
@@ -89,7 +95,9 @@ class EvalArguments:
     geneval_metadata: str | None = field(
         default=None, metadata={"help": "For prompt_set 'geneval': GenEval's evaluation_metadata.jsonl."}
     )
-    shapes_seed: int = field(default=0, metadata={"help": "Seed of the ShapesWorld prompts and reference images."})
+    dataset_seed: int = field(
+        default=0, metadata={"help": "Seed of generated prompt sets and reference datasets (e.g. ShapesWorld's)."}
+    )
     # ------------------------------------------------------------------ sampling
     seed: int = field(default=0, metadata={"help": "Base seed; each prompt's seed is derived from it and its index."})
     images_per_prompt: int = field(default=1, metadata={"help": "Images per prompt (GenEval's protocol: 4)."})
@@ -122,10 +130,13 @@ class EvalArguments:
     hps_model: str = field(default="ViT-H-14", metadata={"help": f"HPS architecture; '{TINY_CLIP}' for tests."})
     reference_dataset: str | None = field(
         default=None,
-        metadata={"help": "Real images for FID and the shift diagnostics: a source as prompt_dataset, or 'shapes'."},
+        metadata={"help": "Real images for FID and the shift diagnostics: a source as prompt_dataset (a registered "
+                  "dataset such as 'shapes' included)."},
     )
     reference_dataset_config: str | None = field(default=None, metadata={"help": "Configuration of reference_dataset."})
-    reference_split: str | None = field(default=None, metadata={"help": "Split; default 'train' ('test' for shapes)."})
+    reference_split: str | None = field(
+        default=None, metadata={"help": "Split; default 'train', or a registered dataset's own ('test' for shapes)."}
+    )
     reference_image_column: str = field(default="image", metadata={"help": "Column holding the reference images."})
     max_reference_images: int | None = field(default=None, metadata={"help": "Keep the first N reference images."})
     fid_feature_extractor: str = field(
@@ -164,8 +175,7 @@ class EvalArguments:
             raise ValueError(f"metrics {self.metrics} must be a non-empty subset of {list(METRICS)}.")
         if self.policy_name_or_path is None and not self.join_only:
             raise ValueError("Set policy_name_or_path to a Hub id or a local directory (e.g. a RankE output_dir).")
-        if self.prompt_set not in PROMPT_SETS:
-            raise ValueError(f"Unknown prompt_set {self.prompt_set!r}; choose from {list(PROMPT_SETS)}.")
+        prompt_set = get_prompt_set(self.prompt_set)  # a ValueError naming the known sets
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown dtype {self.dtype!r}; choose from {list(DTYPES)}.")
         if self.fid_feature_extractor not in ("inception", "tiny"):
@@ -178,8 +188,9 @@ class EvalArguments:
             raise ValueError("prompt_set 'geneval' needs geneval_metadata (GenEval's evaluation_metadata.jsonl).")
         if "hps" in self.metrics and self.prompt_set != "hps":
             raise ValueError("The 'hps' metric scores the HPSv2 benchmark: set prompt_set: hps.")
-        if "geneval" in self.metrics and self.prompt_set not in ("geneval", "shapes") and not self.join_only:
-            raise ValueError("The 'geneval' export needs prompts with GenEval metadata: prompt_set geneval or shapes.")
+        if "geneval" in self.metrics and not prompt_set.geneval_metadata and not self.join_only:
+            known = sorted(name for name, entry in PROMPT_SETS.items() if entry.geneval_metadata)
+            raise ValueError(f"The 'geneval' export needs prompts with GenEval metadata: prompt_set one of {known}.")
         for metric, stats in (("fid", self.fid_reference_stats), ("shift", self.shift_reference_histogram)):
             if metric in self.metrics and self.reference_dataset is None and not _is_file(stats):
                 key = "fid_reference_stats" if metric == "fid" else "shift_reference_histogram"
@@ -327,9 +338,9 @@ class MetricSuite:
     def _read_reference_images(self, fid: bool, gt: bool) -> CodeHistogram | None:
         """One pass over the reference images, each process its share: FID real features and/or gt codes."""
         args, accel = self.args, self.accelerator
-        split = args.reference_split or ("test" if args.reference_dataset == "shapes" else "train")
+        split = args.reference_split or default_split(args.reference_dataset)
         dataset = open_dataset(args.reference_dataset, split, args.reference_dataset_config,
-                               num_rows=args.max_reference_images, seed=args.shapes_seed)
+                               num_rows=args.max_reference_images, seed=args.dataset_seed)
         histogram = CodeHistogram(self.codec.codebook_size) if gt else None
         size = self.codec.image_size  # real images at the generated resolution, so both sides are compared alike
         indices = range(accel.process_index, len(dataset), accel.num_processes)
@@ -415,9 +426,8 @@ class MetricSuite:
 
 
 def _prompt_source(args: EvalArguments) -> str | None:
-    return {"dataset": args.prompt_dataset, "geneval": args.geneval_metadata, "hps": args.hps_benchmark_dir}.get(
-        args.prompt_set
-    )
+    sources = {"dataset": args.prompt_dataset, "geneval": args.geneval_metadata, "hps": args.hps_benchmark_dir}
+    return sources.get(args.prompt_set, args.prompt_dataset)  # a plugin's set reads prompt_dataset, if it needs one
 
 
 def _run_meta(args: EvalArguments, num_prompts: int, num_processes: int) -> dict:
@@ -466,7 +476,7 @@ def evaluate(args: EvalArguments, accelerator: Accelerator | None = None) -> dic
     records = load_eval_prompts(
         args.prompt_set, source=_prompt_source(args),
         split=args.prompt_split, config=args.prompt_dataset_config, column=args.prompt_column,
-        max_prompts=args.max_prompts, hps_subsets=args.hps_subsets, shapes_seed=args.shapes_seed,
+        max_prompts=args.max_prompts, hps_subsets=args.hps_subsets, seed=args.dataset_seed,
     )
     if not records:
         raise ValueError(f"The prompt set {args.prompt_set!r} holds no prompts; check its source and max_prompts.")

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import JanusVQVAE, JanusVQVAEConfig, get_cosine_schedule_with_warmup
 
-from ..decoder import PatchDiscriminator, discriminator_loss, rank_gan_generator_loss
+from ranke_trl.decoder import PatchDiscriminator, discriminator_loss, rank_gan_generator_loss
 from .features import ShapesAttributeNet
 
 

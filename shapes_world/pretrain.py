@@ -38,11 +38,12 @@ import transformers
 from filelock import FileLock
 from transformers import JanusVQVAE
 
-from ..evaluation.fid import FIDMetric
-from ..policy.janus import JanusPolicy, JanusVQCodec
-from ..rewards.clip import CLIPReward
-from ..sft import ImageTokenSFT, ImageTokenSFTConfig
-from ..tiny import build_tiny_janus, build_tiny_janus_processor, tiny_janus_config
+from ranke_trl.evaluation.fid import FIDMetric
+from ranke_trl.policy import make_policy
+from ranke_trl.policy.janus import JanusVQCodec
+from ranke_trl.rewards.clip import CLIPReward
+from ranke_trl.sft import ImageTokenSFT, ImageTokenSFTConfig
+from ranke_trl.tiny import build_tiny_janus, build_tiny_janus_processor, tiny_janus_config
 from .clip import clip_retrieval_accuracy, save_open_clip, shapes_clip_config, train_shapes_clip
 from .data import sample_scenes
 from .features import ShapesAttributeNet, ShapesFIDFeatures, cell_accuracy, render_targets, train_attribute_net
@@ -55,6 +56,7 @@ DEFAULT_CACHE = Path("~/.cache/ranke_trl/shapes_world")
 STAGES = ("features", "vq", "clip", "policy")
 MANIFEST_FORMAT = "ranke_trl.ShapesWorld/1"
 FID_REFERENCE = "shapes_fid_reference.safetensors"
+DECODE_BATCH = 64  # images per VQ decoder forward while preparing
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,6 @@ def _save_stage(root: Path, name: str, save) -> None:
 
 
 @torch.no_grad()
-def _decode(codec: JanusVQCodec, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Codes (M, N) -> images (M, 3, 64, 64) float in [0, 1]."""
-    chunks = [codec.decode(codes[i : i + batch_size]).clamp(-1, 1) for i in range(0, len(codes), batch_size)]
-    return (torch.cat(chunks) + 1) / 2
-
-
-@torch.no_grad()
 def _encode(codec: JanusVQCodec, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """uint8 images (M, 3, 64, 64) -> codes (M, N) by the L2-normalised lookup."""
     chunks = [images[i : i + batch_size].float() / 127.5 - 1 for i in range(0, len(images), batch_size)]
@@ -207,7 +202,7 @@ def _train_vq(s: ShapesWorldSettings, seed: int, world: _World, root: Path, prog
     train_codes, eval_codes = world.codes(vq)
     counts = torch.bincount(train_codes.flatten(), minlength=s.codebook_size).double()
     probs = counts[counts > 0] / counts.sum()
-    recon01 = _decode(JanusVQCodec(vq), eval_codes)
+    recon01 = JanusVQCodec(vq).decode_images(eval_codes, DECODE_BATCH)
     quality = {
         "recon_l1": float((recon01 - world.eval01).abs().mean()),  # in [0, 1] pixel units
         "codebook_usage": float((counts > 0).double().mean()),  # share of entries the training images use
@@ -221,7 +216,7 @@ def _train_vq(s: ShapesWorldSettings, seed: int, world: _World, root: Path, prog
 def _train_clip(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, vq: JanusVQVAE):
     codec, (train_codes, eval_codes) = JanusVQCodec(vq), world.codes(vq)
     # The reward scores decoded images, so the CLIP also sees VQ reconstructions of its training renders.
-    recon = (_decode(codec, train_codes) * 255).round().to(torch.uint8)
+    recon = (codec.decode_images(train_codes, DECODE_BATCH) * 255).round().to(torch.uint8)
     captions = [scene.prompt for scene in world.train_scenes]
     config = shapes_clip_config(s.clip_embed_dim)
     model, log = train_shapes_clip(
@@ -230,9 +225,10 @@ def _train_clip(s: ShapesWorldSettings, seed: int, world: _World, root: Path, pr
     )
     _save_stage(root, "clip", lambda folder: save_open_clip(model, config, folder))
     eval_captions = [scene.prompt for scene in world.eval_scenes]
+    eval_recon01 = codec.decode_images(eval_codes, DECODE_BATCH)
     quality = {
         "retrieval_top1": clip_retrieval_accuracy(model, world.eval01, eval_captions),
-        "retrieval_top1_on_recon": clip_retrieval_accuracy(model, _decode(codec, eval_codes), eval_captions),
+        "retrieval_top1_on_recon": clip_retrieval_accuracy(model, eval_recon01, eval_captions),
         "retrieval_chance": 1.0 / len(set(eval_captions)),
     }
     return model, {"num_parameters": sum(p.numel() for p in model.parameters()), "train_log": log, "quality": quality}
@@ -250,7 +246,7 @@ def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: 
     with torch.no_grad():  # (ours) code embeddings start at the tokenizer's unit-norm codebook, not at noise
         model.model.generation_embeddings.weight.copy_(F.normalize(vq.quantize.embedding.weight, dim=-1))
     processor = build_tiny_janus_processor()
-    policy = JanusPolicy(processor, model)
+    policy = make_policy(model, processor)
     sft = ImageTokenSFT(policy, model, replace(s.sft, seed=seed, show_progress=progress))
     train_codes, eval_codes = world.codes(vq)
     losses = sft.train([scene.prompt for scene in world.train_scenes], train_codes)
@@ -258,7 +254,7 @@ def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: 
     generator = torch.Generator().manual_seed(seed)
     prompts = policy.encode_prompts(eval_prompts)
     codes = policy.sample(model, prompts, guidance_scale=s.eval_guidance_scale, top_p=s.eval_top_p, generator=generator)
-    samples01 = _decode(sft.codec, codes)
+    samples01 = sft.codec.decode_images(codes, DECODE_BATCH)
 
     def save(folder: Path):
         with policy.codec_attached(model, sft.codec):

@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from ..rewards.preprocessing import clip_image_transform
-from ..tiny import tiny_clip_config
+from ranke_trl.rewards.preprocessing import clip_image_transform
+from ranke_trl.tiny import tiny_clip_config
 
 def shapes_clip_config(embed_dim: int = 64) -> dict:
     """`tiny_clip_config` at 64 px with a finer, deeper image tower: 8 px patches (an 8x8 grid, so a 14 px shape

@@ -3,9 +3,15 @@
 The whole RankE loop (tokenizer, policy, CLIP reward, GRPO, decoder adaptation, GenEval-style evaluation) runs on it
 at CPU scale. `make_split` gives `datasets` splits; `ShapesEval` and `shapes_eval_reward` score images.
 
+ShapesWorld is a package of its own on top of `ranke_trl`, which knows nothing of it: `plugin.register` (entry point
+`ranke_trl.plugins`) gives its names to the library's registries, as any third-party package would: the policy,
+dataset and prompt set `shapes`, the rewards `shapes_clip` and `shapes_eval`, and the recipe key
+`world_eval_prompts`.
+
 The pretrained components (`pretrain.prepare_shapes_world`, `shapes_policy_path`, `shapes_clip_reward`,
-`load_shapes_fid`) and the experiment (`experiment.run_experiment`) live in submodules, imported on use: they pull
-in open_clip, transformers and matplotlib, which the world itself does not need.
+`load_shapes_fid`), their evaluation (`evaluation.WorldEvaluator`) and the experiment (`experiment.run_experiment`)
+live in submodules, imported on use: they pull in open_clip, transformers and matplotlib, which the world itself
+does not need.
 """
 
 from .data import make_split, sample_scenes, scene_split

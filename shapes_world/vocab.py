@@ -1,6 +1,6 @@
 """The vocabulary of ShapesWorld: palette, shape kinds, sizes, prompt families and relations.
 
-Everything else in `ranke_trl.world` (the scene sampler, the captions, the evaluator) reads these tables, so a
+Everything else in `shapes_world` (the scene sampler, the captions, the evaluator) reads these tables, so a
 colour or a kind is added in one place.
 
 Geometry lives on a canonical 64x64 canvas (`CANVAS`); renders at other resolutions scale it.

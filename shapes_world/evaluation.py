@@ -1,0 +1,161 @@
+"""Scoring a policy + decoder in ShapesWorld: `WorldEvaluator`, and the train-time world report of a recipe.
+
+`WorldEvaluator` samples images for fixed validation prompts with fixed per-image seeds and measures CLIP score,
+ShapesFID, ShapesEval, the token KL to the ground-truth codes and the code entropy, plus two diagnostics that split
+ShapesFID into content and rendering (`rerender_detected`). The experiment (`experiment.py`) calls it every
+`eval_every` steps; a training recipe on the `shapes` policy calls it before and after training through
+`world_eval_callback` and the recipe keys of `plugin.WorldEvalArguments` (`world_eval_prompts`, `world_eval_seed`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import TrainerCallback
+
+from ranke_trl.corpus import image_to_tensor
+from ranke_trl.diagnostics import CodeHistogram, ShiftDiagnostics
+from ranke_trl.evaluation.clip_score import clip_score_from_cosine
+
+from .data import make_split
+from .pretrain import load_shapes_fid, shapes_clip_reward
+from .scenes import Scene, ShapeSpec, render_scene
+from .shapes_eval import ShapesEval, summarize
+from .vocab import KINDS, SIZES
+
+if TYPE_CHECKING:
+    from .plugin import WorldEvalArguments
+
+METRICS = ["clip_score", "shapes_fid", "shapes_eval", "shift/token_kl_bits", "shift/entropy_bits"]
+# Diagnostics that split ShapesFID into what is drawn and how it is rendered (see `rerender_detected`).
+DIAGNOSTICS = ["shapes_fid_content", "unreadable_shapes"]
+
+
+def rerender_detected(images01: torch.Tensor, shapes_eval: ShapesEval) -> tuple[torch.Tensor, float]:
+    """Clean renders of the scenes ShapesEval reads in `images01`, and the fraction of objects it could not read.
+
+    Each detected object whose kind is recognised is drawn again with the world's renderer: same kind and colour,
+    the size nearest its bounding box, at its bounding-box centre. ShapesFID on these re-renders measures *what* a
+    model draws (content) with rendering quality removed; objects of unknown kind (blobs, smears) are left out and
+    counted instead, a measure of rendering failures.
+    """
+    renders, unreadable, total = [], 0, 0
+    for image in images01:
+        shapes = []
+        for found in shapes_eval.detect(image):
+            total += 1
+            if found.kind not in KINDS:
+                unreadable += 1
+                continue
+            x0, y0, x1, y1 = found.bbox
+            side = max(x1 - x0, y1 - y0) + 1
+            size = min(SIZES, key=lambda name: abs(SIZES[name] - side))
+            shapes.append(ShapeSpec(found.kind, found.color, size, round((x0 + x1) / 2), round((y0 + y1) / 2)))
+        renders.append(torch.from_numpy(render_scene(Scene(tuple(shapes), {}))).permute(2, 0, 1))
+    return torch.stack(renders).float() / 255, unreadable / max(1, total)
+
+
+class WorldEvaluator:
+    """Scores a policy + decoder on fixed validation prompts: metric name -> value (see `METRICS`).
+
+    Args:
+        cache_dir: the ShapesWorld cache (None: the default, see `pretrain.shapes_cache_dir`).
+        num_prompts: validation prompts, one image each.
+        guidance_scale, temperature, top_k, top_p: how the images are sampled (`ImageTokenPolicy.sample`).
+        seed: fixes the validation prompts and, with the run's seed, each image's sampling seed.
+    """
+
+    def __init__(self, cache_dir, num_prompts: int, *, guidance_scale: float, temperature: float, top_k: int,
+                 top_p: float, seed: int):
+        data = make_split("validation", num_prompts, seed=seed)
+        self.prompts, self.metadata = list(data["prompt"]), list(data["metadata"])
+        self.real = torch.stack([image_to_tensor(im, 64) for im in data["image"]])
+        self.clip = shapes_clip_reward(cache_dir)
+        self.fid = load_shapes_fid(cache_dir)
+        self.shapes_eval = ShapesEval()
+        self.sampling = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        self.seed = seed
+        self.shift = None
+
+    @torch.no_grad()
+    def __call__(self, model, policy, codec, seed: int = 0) -> tuple[dict[str, float], torch.Tensor]:
+        """Metrics and the first 8 images (3, 64, 64) in [0, 1]; `seed` (the run's seed) offsets the per-image
+        sampling seeds, so runs with the same seed see the same noise in every mode and runs with different seeds
+        see different noise."""
+        if self.shift is None:  # ground-truth codes of the validation images, with this world's frozen encoder
+            counts = CodeHistogram(codec.codebook_size).update(codec.encode(self.real)).counts
+            self.shift = ShiftDiagnostics(counts, codec.codebook_size)
+        device = next(codec.module.parameters()).device
+        generators = [torch.Generator(device=device).manual_seed(self.seed + 100_003 * seed + i)
+                      for i in range(len(self.prompts))]
+        codes = policy.sample(model, policy.encode_prompts(self.prompts, device), generator=generators, **self.sampling)
+        images = codec.decode_images(codes)
+        cos = self.clip.score(images, self.prompts)
+        self.fid.reset_fake()
+        self.fid.update_fake(images)
+        shapes_fid = self.fid.compute()
+        evaluated = self.shapes_eval.evaluate_batch(list(images), self.metadata)
+        rerendered, unreadable = rerender_detected(images, self.shapes_eval)
+        self.fid.reset_fake()
+        self.fid.update_fake(rerendered)
+        content_fid = self.fid.compute()
+        summary = summarize(evaluated)
+        metrics = {
+            "clip_score": float(clip_score_from_cosine(cos).mean()),
+            "shapes_fid": shapes_fid,
+            "shapes_eval": summary["overall"],
+            "shapes_fid_content": content_fid,
+            "unreadable_shapes": unreadable,
+            **{f"shapes_eval/{k}": v for k, v in summary["per_family"].items()},
+            **self.shift(codes),
+        }
+        return metrics, images[:8].cpu()
+
+
+def world_eval_report(before: dict[str, float], after: dict[str, float], out_dir: str) -> str:
+    """Write `world_eval.json` (metrics before and after training) to `out_dir`; returns a printable table."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "world_eval.json")
+    with open(path, "w") as f:
+        json.dump({"before": before, "after": after}, f, indent=2)
+    keys = [k for k in METRICS if k in after] + sorted(k for k in after if k.startswith("shapes_eval/"))
+    lines = [f"ShapesWorld evaluation ({path}):", f"  {'metric':<32} {'before':>10} {'after':>10}"]
+    lines += [f"  {k:<32} {before[k]:>10.4g} {after[k]:>10.4g}" for k in keys]
+    return "\n".join(lines)
+
+
+# --- the train-time world report of a recipe (see plugin.WorldEvalArguments) ---------------------------------------
+
+
+class WorldEvalCallback(TrainerCallback):
+    """Scores the trainer's policy + decoder when training begins and ends; the main process prints the table."""
+
+    def __init__(self, trainer, evaluator: WorldEvaluator, seed: int):
+        self.trainer, self.evaluator, self.seed = trainer, evaluator, seed
+        self.before: dict[str, float] | None = None
+
+    def _measure(self) -> dict[str, float]:
+        trainer = self.trainer
+        return self.evaluator(trainer.model, trainer.policy, trainer.codec, self.seed)[0]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.before = self._measure()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        after = self._measure()
+        if self.trainer.accelerator.is_main_process:
+            print(world_eval_report(self.before, after, args.output_dir))
+
+
+def world_eval_callback(arguments: WorldEvalArguments, script_args, config, trainer) -> WorldEvalCallback | None:
+    """The report's callback for a recipe on the `shapes` policy with `world_eval_prompts > 0`, else None."""
+    if script_args.model_name_or_path != "shapes" or arguments.world_eval_prompts <= 0:
+        return None
+    evaluator = WorldEvaluator(
+        None, arguments.world_eval_prompts, guidance_scale=config.guidance_scale, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p, seed=arguments.world_eval_seed,
+    )
+    return WorldEvalCallback(trainer, evaluator, config.seed)

@@ -1,0 +1,96 @@
+"""ShapesWorld as a `ranke_trl` plugin: what its names mean in recipes, registered through the library's public
+registries exactly as a third-party package would (`setup.py`: entry point `ranke_trl.plugins`).
+
+- policy `shapes` (`model_name_or_path`): the SFT'd tiny Janus of the prepared world (`pretrain.shapes_policy_path`);
+- dataset `shapes` (`dataset_name`, `reference_dataset`): `make_split` rows, 4096 by default, split "test" when
+  none is named;
+- rewards `shapes_clip` (the world's CLIP) and `shapes_eval` (ShapesEval's partial credit, a black box);
+- prompt set `shapes` (`ranke-trl eval`): the test split, 64 prompts by default, with GenEval-like metadata;
+- recipe keys `world_eval_prompts`, `world_eval_seed` and their before/after report (`evaluation.py`).
+
+Each name imports the heavy parts (open_clip, the cache) only when it is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+DEFAULT_TRAIN_ROWS = 4096
+DEFAULT_PROMPTS = 64
+
+
+@dataclass
+class WorldEvalArguments:
+    """Recipe keys of ShapesWorld's train-time report (a `ranke_trl.recipes` extension)."""
+
+    world_eval_prompts: int = field(
+        default=256,
+        metadata={
+            "help": "ShapesWorld plugin. With `model_name_or_path: shapes`, score the policy + decoder on this many "
+            "fixed ShapesWorld validation prompts before and after training (CLIP score, ShapesFID, ShapesEval, "
+            "token KL), sampled as the rollouts are (guidance_scale, temperature, top_k, top_p), and write "
+            "`world_eval.json` to output_dir; 0 skips it (ours: 256)."
+        },
+    )
+    world_eval_seed: int = field(
+        default=1234,
+        metadata={"help": "ShapesWorld plugin. Seed of the report's validation prompts and sampling noise (ours)."},
+    )
+
+
+def _policy(script_args, config):
+    from .pretrain import shapes_policy_path
+
+    return shapes_policy_path(), None  # prepared and cached on first use; the trainer loads it
+
+
+def _dataset(split: str, num_rows: int | None, seed: int):
+    from .data import make_split
+
+    return make_split(split, num_examples=DEFAULT_TRAIN_ROWS if num_rows is None else num_rows, seed=seed)
+
+
+def _prompts(*, split, max_prompts, seed, **_):
+    from ranke_trl.evaluation.eval_sets import PromptRecord
+
+    dataset = _dataset(split or "test", DEFAULT_PROMPTS if max_prompts is None else max_prompts, seed)
+    return [
+        PromptRecord(i, text, metadata=json.loads(meta))
+        for i, (text, meta) in enumerate(zip(dataset["prompt"], dataset["metadata"]))
+    ]
+
+
+def _shapes_clip(**kwargs):
+    """The world's CLIP reward (`pretrain.shapes_clip_reward`); it prepares the world on first use."""
+    from .pretrain import shapes_clip_reward
+
+    return shapes_clip_reward(**kwargs)
+
+
+def _shapes_eval(**_):
+    """ShapesEval's black-box reward (partial credit in [0, 1]; no gradient, no model to place)."""
+    from .shapes_eval import shapes_eval_reward
+
+    return shapes_eval_reward
+
+
+def _world_eval_callback(arguments, script_args, config, trainer):
+    from .evaluation import world_eval_callback
+
+    return world_eval_callback(arguments, script_args, config, trainer)
+
+
+def register() -> None:
+    """Register ShapesWorld's names with `ranke_trl` (called once per process by `ranke_trl.plugins`)."""
+    from ranke_trl.data import register_dataset
+    from ranke_trl.evaluation.eval_sets import register_prompt_set
+    from ranke_trl.recipes import register_model_source, register_recipe_extension
+    from ranke_trl.rewards import register_reward
+
+    register_model_source("shapes", _policy)
+    register_dataset("shapes", _dataset, default_split="test")
+    register_reward("shapes_clip", _shapes_clip)
+    register_reward("shapes_eval", _shapes_eval)
+    register_prompt_set("shapes", _prompts, geneval_metadata=True)
+    register_recipe_extension("shapes_world", WorldEvalArguments, _world_eval_callback)
