@@ -66,6 +66,11 @@ class RolloutBuffer:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    @property
+    def num_unscored(self) -> int:
+        """Cached rollouts no reward could score (NaN reward): they take no part in Stage 2."""
+        return int(torch.isnan(self.rewards).sum())
+
     def add(self, codes: torch.Tensor, prompts: list[str], group_ids, rewards) -> None:
         """Record B rollouts.
 
@@ -74,7 +79,8 @@ class RolloutBuffer:
             prompts: B prompt strings.
             group_ids: (B,) labels of the prompt groups *within this call* (e.g. `arange(B) // G`). Every group must be
                 complete in one call; the buffer renames labels to ids unique over the buffer's lifetime.
-            rewards: (B,) finite total rewards, as Stage 1 computed them.
+            rewards: (B,) total rewards, as Stage 1 computed them; NaN marks a rollout no reward could score, which
+                is kept for its group's bookkeeping but never drawn into a minibatch.
         """
         codes = torch.as_tensor(codes).detach().to("cpu", torch.long)
         group_ids = torch.as_tensor(group_ids).detach().to("cpu", torch.long).reshape(-1)
@@ -87,9 +93,9 @@ class RolloutBuffer:
             )
         if len(self) and codes.size(1) != self.codes.size(1):
             raise ValueError(f"Rollouts have {codes.size(1)} codes each; the buffer holds {self.codes.size(1)}.")
-        if not torch.isfinite(rewards).all():
-            raise ValueError("Rollout rewards must be finite; a NaN reward (e.g. a reward function returned None) "
-                             "would poison its group's Rank-GAN weights. Fix the reward or drop those rows.")
+        if torch.isinf(rewards).any():
+            raise ValueError("Rollout rewards must be finite, or NaN for a rollout no reward could score; got an "
+                             "infinite reward.")
         labels, local = torch.unique(group_ids, return_inverse=True)
         largest = int(torch.bincount(local).max()) if batch else 0
         if largest > self.max_size:
@@ -139,17 +145,19 @@ class RolloutBuffer:
         same `generator` seed, each global batch of `batch_size * num_processes` rows is split so every process gets
         a disjoint slice. A buffer smaller than a global batch shrinks the batch (ours), so no row repeats in a batch.
         """
-        if len(self) == 0:
-            raise ValueError("The rollout buffer is empty; run Stage 1 (add rollouts) before a decoder phase.")
-        per_process = min(batch_size, len(self) // num_processes)
+        scored = torch.nonzero(~torch.isnan(self.rewards)).flatten()  # unscored rollouts are never drawn
+        if len(scored) == 0:
+            raise ValueError("The rollout buffer is empty or holds no scored rollout; run Stage 1 (add rollouts) before a decoder "
+                             "phase, and check that the rewards return scores, not only None.")
+        per_process = min(batch_size, len(scored) // num_processes)
         if per_process < 1:
-            raise ValueError(f"{len(self)} cached rollouts cannot be split over {num_processes} processes.")
+            raise ValueError(f"{len(scored)} scored rollouts cannot be split over {num_processes} processes.")
         global_size = per_process * num_processes
         order = torch.empty(0, dtype=torch.long)
         batches = []
         for _ in range(num_batches):
             if order.numel() < global_size:  # drop the remainder of this pass; start a fresh permutation
-                order = torch.randperm(len(self), generator=generator)
+                order = scored[torch.randperm(len(scored), generator=generator)]
             rows, order = order[:global_size], order[global_size:]
             rows = rows[process_index * per_process : (process_index + 1) * per_process]
             batches.append(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 from collections.abc import Callable
 
@@ -61,7 +62,12 @@ logger = logging.getLogger(__name__)
 
 
 class _NamedReward:
-    """Wraps a reward function so an exception or a bad return names the reward that failed."""
+    """Wraps a reward function so that an exception or a bad return names the reward that failed.
+
+    A reward returns one score per image: a list (or 1-D tensor) of real numbers, `None`/NaN for an image it
+    cannot score. Infinite scores, strings, nested lists, 2-D or meta tensors and a wrong count are refused, in
+    every mode, with the reward's name.
+    """
 
     def __init__(self, func: Callable, name: str):
         self.func, self.__name__ = func, name
@@ -74,13 +80,33 @@ class _NamedReward:
             out = self.func(*args, **kwargs)
         except Exception as err:
             raise RuntimeError(f"Reward function '{self.__name__}' raised {type(err).__name__}: {err}") from err
+        return self._check(out, len(kwargs.get("completions", args[1] if len(args) > 1 else [])))
+
+    def _check(self, out, expected: int) -> list:
+        name = self.__name__
         if isinstance(out, torch.Tensor):
-            out = out.detach().float().cpu().tolist()
+            if out.is_meta:
+                raise TypeError(f"Reward function '{name}' returned a meta tensor (no values); compute the scores on "
+                                "a real device.")
+            if out.dim() > 1 and out.numel() != out.size(0):
+                raise ValueError(f"Reward function '{name}' returned a tensor of shape {tuple(out.shape)}; it must "
+                                 "return one score per image, (B,).")
+            out = out.detach().float().cpu().reshape(-1).tolist()
         if not isinstance(out, (list, tuple)):
-            raise TypeError(
-                f"Reward function '{self.__name__}' returned {type(out).__name__}; it must return a list of floats, "
-                "one per image."
-            )
+            raise TypeError(f"Reward function '{name}' returned {type(out).__name__}; it must return a list of "
+                            "floats, one per image (None for an image it cannot score).")
+        for i, value in enumerate(out):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Reward function '{name}' returned {value!r} ({type(value).__name__}) for image {i}; "
+                                "scores must be real numbers (None for an image it cannot score).")
+            if math.isinf(value):
+                raise ValueError(f"Reward function '{name}' returned {value} for image {i}; scores must be finite "
+                                 "(return None for an image it cannot score).")
+        if expected and len(out) != expected:
+            raise ValueError(f"Reward function '{name}' returned {len(out)} scores for {expected} images; it must "
+                             "return exactly one per image.")
         return list(out)
 
 
@@ -386,6 +412,8 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         if mode == "train" and self.rollout_buffer is not None:
             # Every rank caches the whole (gathered) batch, so groups stay whole and the phase runs in lock-step.
             totals = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+            # As in TRL, a rollout no reward function could score is unscored (NaN), not 0: it takes no part in Stage 2.
+            totals[torch.isnan(rewards_per_func).all(dim=1)] = float("nan")
             all_prompts = gather_object([prompt_text(p) for p in prompts])
             group_ids = torch.arange(len(all_prompts)) // self.num_generations
             self.rollout_buffer.add(all_codes.cpu(), all_prompts, group_ids, totals.cpu())

@@ -171,3 +171,12 @@ def test_lpips_rejects_a_file_for_another_backbone(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="features"):
         build_lpips("alex", weights_path=str(path))
+
+
+def test_unscored_rollouts_get_no_rank_gan_weight_and_their_group_renormalises():
+    rewards = torch.tensor([1.0, float("nan"), -2.0, -3.0])  # the NaN row would otherwise top a negative group
+    groups = torch.tensor([0, 0, 0, 0])
+    w = rank_gan_weights(rewards, groups, 0.1)
+    assert w[1] == 0 and torch.isclose(w.sum(), torch.tensor(3.0))
+    torch.testing.assert_close(w[[0, 2, 3]], rank_gan_weights(rewards[[0, 2, 3]], groups[:3], 0.1))
+    assert rank_gan_weights(rewards, groups, math.inf).tolist() == [1.0, 0.0, 1.0, 1.0]

@@ -34,10 +34,6 @@ def test_group_ids_stay_unique_across_add_calls():
     assert buffer.group_ids.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_non_finite_reward_is_rejected():
-    with pytest.raises(ValueError, match="finite"):
-        RolloutBuffer().add(torch.zeros(2, N), ["a", "a"], [0, 0], [1.0, float("nan")])
-
 
 def test_minibatches_carry_their_rows_buffer_indices():
     buffer = RolloutBuffer()
@@ -110,3 +106,16 @@ def test_load_state_dict_rejects_a_different_cache_policy():
     buffer = RolloutBuffer(policy="fifo", max_size=8)
     with pytest.raises(ValueError, match="rollout_cache"):
         RolloutBuffer(policy="clear", max_size=8).load_state_dict(buffer.state_dict())
+
+
+def test_unscored_rollouts_are_kept_but_never_drawn():
+    buffer = RolloutBuffer()
+    buffer.add(torch.arange(16).view(4, 4), ["a"] * 4, torch.zeros(4), torch.tensor([0.5, float("nan"), 0.1, 0.2]))
+    assert len(buffer) == 4 and buffer.num_unscored == 1
+    drawn = torch.cat([b.rows for b in buffer.minibatches(3, 5, generator=torch.Generator().manual_seed(0))])
+    assert 1 not in drawn.tolist()
+
+
+def test_infinite_rewards_are_refused():
+    with pytest.raises(ValueError, match="infinite"):
+        RolloutBuffer().add(torch.zeros(2, 4), ["a", "a"], torch.zeros(2), torch.tensor([1.0, float("inf")]))

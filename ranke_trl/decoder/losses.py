@@ -31,23 +31,29 @@ def rank_gan_weights(rewards: torch.Tensor, group_ids: torch.Tensor, temperature
         temperature: τ > 0 (validated once, by `RankEConfig.rank_gan_temperature`); `inf` gives uniform weights
             (a plain GAN), τ → 0 puts all of a group's weight on its best sample (ties share it).
 
+    Rows whose reward is NaN (no reward could score the rollout) get weight 0, and their group is normalised over
+    its scored rows.
+
     Returns:
-        (M,) float32 weights, detached, with `Σ_{i in group} w_i = G` for every group.
+        (M,) float32 weights, detached, with `Σ_{i in group} w_i` = the number of scored rows of the group.
     """
     if rewards.shape != group_ids.shape or rewards.dim() != 1:
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must both be (M,).")
     rewards = rewards.detach().float()
-    if math.isinf(temperature) or rewards.numel() == 0:
+    scored = ~torch.isnan(rewards)  # an unscored rollout (NaN) gets weight 0; its group is normalised over the rest
+    if rewards.numel() == 0:
         return torch.ones_like(rewards)
     _, group = torch.unique(group_ids, return_inverse=True)
     num_groups = int(group.max()) + 1
-    logits = rewards / temperature
+    group_size = rewards.new_zeros(num_groups).scatter_add(0, group, scored.float())
+    if math.isinf(temperature):
+        return scored.float()
+    logits = torch.where(scored, rewards / temperature, torch.full_like(rewards, -math.inf))
     # Subtract each group's max before exp, so a small τ cannot overflow.
     group_max = logits.new_full((num_groups,), -math.inf).scatter_reduce(0, group, logits, "amax")
-    unnorm = torch.exp(logits - group_max[group])
+    unnorm = torch.where(scored, torch.exp(logits - group_max[group].clamp(min=-3.0e38)), torch.zeros_like(logits))
     group_sum = logits.new_zeros(num_groups).scatter_add(0, group, unnorm)
-    group_size = torch.bincount(group, minlength=num_groups).to(logits.dtype)
-    return group_size[group] * unnorm / group_sum[group]
+    return torch.where(scored, group_size[group] * unnorm / group_sum[group].clamp(min=1e-30), torch.zeros_like(logits))
 
 
 def reward_backprop_loss(

@@ -385,7 +385,8 @@ class DecoderPhase:
             - `disc_loss`, `disc_real_logit`, `disc_fake_logit` (λ_gan > 0): L_Dis and the mean patch logits.
             - `grad_norm_decoder`, `grad_norm_disc`: total gradient norms before clipping.
             - `nonfinite_skipped`: how many steps of the phase were skipped (a count, not a mean).
-            - `buffer_size`: cached rollouts; `decoder_steps`: decoder steps taken so far, over all phases.
+            - `buffer_size`: cached rollouts; `unscored_rollouts`: those no reward could score (NaN), never drawn;
+              `decoder_steps`: decoder steps taken so far, over all phases.
         """
         num_steps = self.args.decoder_steps_per_phase if num_steps is None else num_steps
         if generator is None:
@@ -416,6 +417,7 @@ class DecoderPhase:
         metrics["nonfinite_skipped"] = sums["nonfinite_skipped"]
         metrics = self._average_metrics_across_ranks(metrics)
         metrics["buffer_size"] = float(len(buffer))
+        metrics["unscored_rollouts"] = float(buffer.num_unscored)
         metrics["decoder_steps"] = float(self.num_steps)
         return metrics
 
