@@ -283,3 +283,19 @@ def test_real_janus_pro_and_clip_give_a_plausible_clip_score(tmp_path):
         "--clip_force_quick_gelu", "true",
     ]))
     assert 15.0 < results["metrics"]["clip_score"] < 45.0
+
+
+def test_evaluation_defaults_to_the_sampling_settings_saved_with_the_run(tiny_janus_dir, tmp_path, capsys):
+    import shutil
+
+    from ranke_trl.sampling import save_sampling
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_janus_dir, run_dir)
+    save_sampling({"guidance_scale": 2.5, "temperature": 0.9, "top_k": 7, "top_p": 0.8, "logprob_mode": "guided"},
+                  run_dir)
+    results = run(run_dir, tmp_path / "eval", "--metrics", "clip_score", "--top_k", "3")
+    sampling = results["meta"]["sampling"]
+    assert (sampling["guidance_scale"], sampling["temperature"], sampling["top_p"]) == (2.5, 0.9, 0.8)
+    assert sampling["top_k"] == 3  # set explicitly: wins over the run's value
+    assert "saved with the run: guidance_scale, temperature, top_p" in capsys.readouterr().out

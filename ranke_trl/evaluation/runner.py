@@ -34,6 +34,7 @@ from ranke_trl.data import default_split
 from ranke_trl.diagnostics import CodeHistogram, ShiftDiagnostics
 from ranke_trl.policy import VQCodec, load_policy_model, make_policy
 from ranke_trl.rewards import load_reward
+from ranke_trl.sampling import SamplingArguments, describe_sampling, load_sampling
 
 from .clip_score import CLIPScoreMetric
 from .eval_sets import PROMPT_SETS, get_prompt_set, iter_image_batches, load_eval_prompts, open_dataset, prompt_seed
@@ -53,8 +54,13 @@ GENEVAL_COMMAND = (
 
 
 @dataclass
-class EvalArguments:
-    """Settings of one evaluation run; every field is a recipe key (`recipes/eval_*.yaml`)."""
+class EvalArguments(SamplingArguments):
+    """Settings of one evaluation run; every field is a recipe key (`recipes/eval_*.yaml`).
+
+    The sampling settings (`guidance_scale`, `temperature`, `top_k`, `top_p`) are `SamplingArguments`: those left
+    unset take the values saved with the evaluated run (`sampling_config.json` in a RankE output directory), else
+    the library defaults; `evaluate` prints which.
+    """
 
     # ------------------------------------------------------------------ system
     policy_name_or_path: str | None = field(
@@ -104,10 +110,6 @@ class EvalArguments:
     batch_size: int = field(
         default=16, metadata={"help": "Images decoded and scored per step on each process (at least one prompt's)."}
     )
-    guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale s in u + s(c - u); 1 disables CFG."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_k: int = field(default=0, metadata={"help": "Top-k filtering; 0 disables it."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus threshold; 1.0 disables it (paper rollouts: 0.9)."})
     do_sample: bool = field(default=True, metadata={"help": "Sample; False takes the most likely code (greedy)."})
     # ------------------------------------------------------------------ metrics
     metrics: list[str] = field(
@@ -480,6 +482,9 @@ def evaluate(args: EvalArguments, accelerator: Accelerator | None = None) -> dic
     )
     if not records:
         raise ValueError(f"The prompt set {args.prompt_set!r} holds no prompts; check its source and max_prompts.")
+    sources = args.resolve_sampling(load_sampling(args.policy_name_or_path))
+    if accelerator.is_main_process:
+        print(f"Sampling: {describe_sampling(args.sampling_settings(), sources)}")
     device = accelerator.device
     model, policy, codec = load_system(args, device)
     suite = MetricSuite(args, codec, accelerator)
