@@ -166,7 +166,8 @@ class RecipeParser(TrlParser):
         """A file value converted as the command line would convert it; lists and mappings of free-form fields
         (e.g. `report_to`, `model_init_kwargs`) are kept as they are."""
         many = action.nargs in ("+", "*")
-        if value is None or action.type is None or (isinstance(value, (list, dict)) and action.type is str and not many):
+        free_form = action.type is str and not many  # e.g. report_to: [tensorboard], model_init_kwargs: {...}
+        if value is None or action.type is None or (free_form and isinstance(value, (list, dict))):
             return value
         if isinstance(value, dict) or (isinstance(value, list) and not many):
             raise RecipeError(f"Invalid value {value!r} for '{key}' in {self.source}: it takes a single value.")
@@ -241,6 +242,17 @@ def _tiny_policy(script_args: RecipeArguments, config: RankEConfig):
 
 
 register_model_source("tiny", _tiny_policy)
+
+
+def _tiny_llamagen_policy(script_args: RecipeArguments, config: RankEConfig):
+    from .distributed import zero3_init_disabled
+    from .models.llamagen.tiny_llamagen import build_tiny_llamagen, build_tiny_llamagen_processor
+
+    with zero3_init_disabled(config):  # as 'tiny': built whole, partitioned by DeepSpeed later
+        return build_tiny_llamagen(seed=config.seed), build_tiny_llamagen_processor()
+
+
+register_model_source("tiny_llamagen", _tiny_llamagen_policy)
 
 
 def build_policy(script_args: RecipeArguments, config: RankEConfig):

@@ -90,8 +90,8 @@ def row_overrides(mode: str, seeds=None, steps: int | None = None, eval_every: i
     if steps is not None:
         argv += ["--steps", str(steps)] + (["--max_steps", str(steps)] if mode == "grpo" else [])
     if eval_every is not None:
-        argv += ["--eval_every", str(eval_every)]
-        argv += {"grpo": ["--logging_steps", str(eval_every)], "sft": ["--num_train_steps", str(eval_every)]}.get(mode, [])
+        also = {"grpo": "--logging_steps", "sft": "--num_train_steps"}[mode]
+        argv += ["--eval_every", str(eval_every), also, str(eval_every)]
     return argv
 
 

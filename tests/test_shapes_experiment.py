@@ -61,7 +61,8 @@ def test_every_row_recipe_states_the_settings_of_the_committed_table():
         _, script_args, train = row.parse(seed=0)
         assert script_args.max_train_samples == committed["num_train_prompts"]
         if row.mode == "sft":
-            assert (train.batch_size, train.learning_rate) == (committed["rollouts_per_step"], committed["learning_rate"])
+            assert train.batch_size == committed["rollouts_per_step"]
+            assert train.learning_rate == committed["learning_rate"]
             continue
         assert (train.per_device_train_batch_size, train.num_generations, train.learning_rate) == (
             committed["rollouts_per_step"], committed["num_generations"], committed["learning_rate"])
@@ -80,7 +81,8 @@ def test_each_ablation_row_differs_from_ranke_in_its_own_setting_only():
     expected = {"Std. RL": {"train_decoder": False}, "Decoder-only": {"train_policy": False},
                 "w/o L_rec": {"lambda_rec": 0.0}, "w/o L_RankGAN": {"lambda_gan": 0.0},
                 "w/o L_cons": {"lambda_cons": 0.0}, "w/o L_rbp": {"lambda_rbp": 0.0},
-                "uniform GAN": {"rank_gan_temperature": math.inf}, "RankE, decoder lr 1e-5": {"decoder_learning_rate": 1e-5}}
+                "uniform GAN": {"rank_gan_temperature": math.inf},
+                "RankE, decoder lr 1e-5": {"decoder_learning_rate": 1e-5}}
     for path in ROW_RECIPES:
         row = load_row(path)
         if row.name in expected:
