@@ -162,3 +162,17 @@ def test_lora_trains_the_generation_path_and_its_output_loads_as_the_merged_syst
             torch.testing.assert_close(loaded[key], value, msg=key)
     for key, value in trainer.codec.module.state_dict().items():  # the co-evolved decoder, from `decoder/`
         assert torch.equal(loaded[f"model.vqmodel.{key}"], value), key
+
+
+def test_tiny_llamagen_is_a_recipe_model_source_built_offline():
+    import os
+
+    from ranke_trl.models.llamagen import LlamaGenProcessor
+    from ranke_trl.recipes import build_policy, parse_recipe
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes/tiny_llamagen_clip.yaml")
+    script_args, config = parse_recipe(["--recipe", recipe, "--seed", "3"])
+    model, processor = build_policy(script_args, config)
+    assert isinstance(model, LlamaGenForImageGeneration) and isinstance(processor, LlamaGenProcessor)
+    expected = build_tiny_llamagen(seed=3).state_dict()  # the recipe's seed
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
