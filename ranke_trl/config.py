@@ -164,6 +164,13 @@ class RankEConfig(SamplingArguments, GRPOConfig):
         metadata={"help": "Stop with an error after this many consecutive non-finite decoder losses (ours)."},
     )
 
+    def __getstate__(self):
+        # transformers pickles the whole config into every checkpoint's training_args.bin (and uploads it with
+        # push_to_hub): the Hub token must never reach the disk.
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
+
     def __post_init__(self):
         if isinstance(self.rank_gan_temperature, str):
             self.rank_gan_temperature = float(self.rank_gan_temperature)

@@ -19,14 +19,25 @@ logger = logging.getLogger(__name__)
 
 
 def image_to_tensor(image, size: int) -> torch.Tensor:
-    """A PIL image, uint8 array (H, W, 3) or float tensor (3, H, W) in [0, 1] -> (3, size, size) in [-1, 1].
+    """An image -> (3, size, size) in [-1, 1].
 
-    Resizes the short side to `size` (bicubic, antialiased) and centre-crops, like the VQ tokenizer's preprocessing.
+    Accepts a PIL image, an image file's path, a uint8 array (H, W, 3) or (H, W) (grey; also as nested lists), or a
+    float tensor
+    (3, H, W) in [0, 1]. Resizes the short side to `size` (bicubic, antialiased) and centre-crops, like the VQ
+    tokenizer's preprocessing.
     """
+    if image is None:
+        raise ValueError("the image is missing (None)")
+    if isinstance(image, str):
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
+    if isinstance(image, (list, tuple)):  # an array stored as a `datasets` sequence feature
+        image = np.asarray(image, dtype=np.uint8)
     if isinstance(image, Image.Image):
         image = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
     elif isinstance(image, np.ndarray):
-        image = torch.from_numpy(image.copy()).permute(2, 0, 1)
+        array = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
+        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
     if image.dtype == torch.uint8:
         image = image.float() / 255.0
     if image.ndim != 3 or image.size(0) != 3:
@@ -58,8 +69,21 @@ class CorpusImages:
         return len(self.dataset)
 
     def pixels(self, indices) -> torch.Tensor:
-        rows = self.dataset.select_columns([self.column])[list(map(int, indices))][self.column]
-        return torch.stack([image_to_tensor(image, self.image_size) for image in rows])
+        """Images at dataset rows `indices` -> (B, 3, size, size) in [-1, 1]; an unusable image names its row."""
+        indices = list(map(int, indices))
+        try:
+            rows = self.dataset.select_columns([self.column])[indices][self.column]
+        except Exception as err:  # an undecodable file fails while `datasets` decodes the whole slice
+            raise ValueError(f"Corpus images at rows {indices[0]}-{indices[-1]} of column {self.column!r} cannot be "
+                             f"decoded: {err}") from err
+        tensors = []
+        for row, image in zip(indices, rows):
+            try:
+                tensors.append(image_to_tensor(image, self.image_size))
+            except Exception as err:
+                raise ValueError(f"The corpus image at row {row} of column {self.column!r} cannot be used: {err}. "
+                                 "Fix or drop that row (images: PIL, a file path, or uint8 (H, W[, 3])).") from err
+        return torch.stack(tensors)
 
 
 @torch.no_grad()

@@ -46,6 +46,7 @@ from trl.trainer.utils import get_callable_name, is_async_callable
 from .checkpointing import DECODER_DIR, RankECheckpointing
 from .config import RankEConfig
 from .corpus import CorpusImages, encode_corpus
+from .dataset_checks import check_training_dataset
 from .decoder import DecoderPhase
 from .decoder.phase import resolve_lambda_rbp
 from .diagnostics import CodeHistogram, ShiftDiagnostics
@@ -133,6 +134,19 @@ def _reference_policy(reference: nn.Module | None):
         grpo_trainer.create_model_from_path = original
 
 
+def _check_launch(args: RankEConfig) -> None:
+    """Launch settings that would fail deep inside DeepSpeed or accelerate, refused with the fix."""
+    _refuse_fsdp(args)
+    uses_deepspeed = bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true")
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if uses_deepspeed and several and not torch.cuda.is_available() and args.ddp_backend != "gloo":
+        raise ValueError(
+            "DeepSpeed on CPU needs the gloo process group, or DeepSpeed fails with a batch-size assertion: add "
+            "`--ddp_backend gloo` to the training arguments (e.g. `accelerate launch --config_file "
+            "recipes/accelerate/zero2.yaml examples/train_janus.py --recipe ... --ddp_backend gloo`)."
+        )
+
+
 def _refuse_fsdp(args: RankEConfig) -> None:
     uses_fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
     if uses_fsdp:
@@ -179,9 +193,11 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             args = RankEConfig(f"{os.path.basename(str(name).rstrip('/'))}-RankE")
         if not isinstance(args, RankEConfig):
             raise TypeError(f"`args` must be a RankEConfig, got {type(args).__name__}.")
-        _refuse_fsdp(args)
+        _check_launch(args)
+        check_training_dataset(train_dataset, args)  # before any model loads
         # RankE (max_completion_length, LoRA's reference) and TRL adjust settings on the trainer's own copy.
-        args = copy.deepcopy(args)
+        args, hub_token = copy.deepcopy(args), args.hub_token  # a copy drops the token (see RankEConfig.__getstate__)
+        args.hub_token = hub_token
         if isinstance(model, str):
             model, processing_class = load_policy_model(model, args, processing_class)
         self.processor = processing_class if isinstance(processing_class, ProcessorMixin) else None
@@ -208,6 +224,13 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
     def _set_up(self, model, reward_funcs, args, train_dataset, eval_dataset, tokenizer, callbacks, optimizers,
                 peft_config) -> None:
         """Everything `__init__` does with the policy prepared: TRL's `__init__`, the reference, Stage 2."""
+        codec, policy = self.codec, self.policy
+        if (codec.codebook_size, codec.num_tokens) != (policy.codebook_size, policy.num_image_tokens):
+            raise ValueError(
+                f"The attached VQ tokenizer has a codebook of {codec.codebook_size} and {codec.num_tokens} codes per "
+                f"image, but the policy predicts {policy.codebook_size} codes, {policy.num_image_tokens} per image: "
+                "it would draw codes the decoder cannot render. Attach the VQ the policy was trained with."
+            )
         if is_zero3_partitioned(self.codec.module):
             # `from_pretrained` under ZeRO-3 partitioned the VQ with the policy; it trains outside the engine.
             self.codec.module = unpartitioned_copy(self.codec.module)

@@ -52,7 +52,7 @@ class JanusVQCodec(VQCodec):
 
     @property
     def codebook_size(self) -> int:
-        return self.module.config.num_embeddings
+        return self.module.quantize.embedding.num_embeddings  # the attached codebook itself, not its config
 
     @property
     def grid_size(self) -> int:
@@ -136,10 +136,13 @@ class JanusPolicy(ImageTokenPolicy):
                 f"{grid}x{grid}. Fix the model config so both describe the same image."
             )
         head_out = janus.model.generation_head.vision_head.out_features
-        if head_out != self.codebook_size:
+        # Compare with the codebook actually attached, not only with the config that describes it.
+        vq = janus.model.vqmodel
+        attached = vq.quantize.embedding.num_embeddings if vq is not None else self.codebook_size
+        if head_out != self.codebook_size or attached != self.codebook_size:
             raise ValueError(
-                f"Janus generation head predicts {head_out} codes but the VQ codebook has {self.codebook_size} "
-                "entries; the policy and the decoder must share one codebook."
+                f"Janus generation head predicts {head_out} codes, the VQ config says {self.codebook_size} and the "
+                f"attached VQ codebook has {attached} entries; the policy and the decoder must share one codebook."
             )
 
     # ----------------------------------------------------------------------------------------------- loading
