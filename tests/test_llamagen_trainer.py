@@ -170,7 +170,8 @@ def test_tiny_llamagen_is_a_recipe_model_source_built_offline():
     from ranke_trl.models.llamagen import LlamaGenProcessor
     from ranke_trl.recipes import build_policy, parse_recipe
 
-    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes/tiny_llamagen_clip.yaml")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    recipe = os.path.join(repo, "recipes/tiny_llamagen_clip.yaml")
     script_args, config = parse_recipe(["--recipe", recipe, "--seed", "3"])
     model, processor = build_policy(script_args, config)
     assert isinstance(model, LlamaGenForImageGeneration) and isinstance(processor, LlamaGenProcessor)
