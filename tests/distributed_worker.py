@@ -1,7 +1,9 @@
 """One rank of a distributed RankE run on the tiny recipe, launched by `tests/test_distributed.py`.
 
     accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 2 \
-        tests/distributed_worker.py --out DIR [recipe overrides, e.g. --ddp_backend gloo]
+        tests/distributed_worker.py --out DIR [--backbone janus|llamagen] [recipe overrides, e.g. --ddp_backend gloo]
+
+The backbone picks the tiny recipe (`recipes/tiny_<backbone>_clip.yaml`) and the code head the test watches.
 
 Run 1 trains `max_steps=2` (a decoder phase after each step, a checkpoint at step 2) and saves the whole system to
 `DIR/final`. Run 2 is a fresh trainer in the same processes that resumes from `DIR/run/checkpoint-2` to step 3.
@@ -22,9 +24,9 @@ from ranke_trl.data import load_prompt_dataset
 from ranke_trl.distributed import is_zero3_partitioned
 from ranke_trl.recipes import build_peft_config, build_policy, build_rewards, parse_recipe
 
-# Weights compared by the test: the generation head's output layer (with LoRA: its base layer and adapter too),
-# and every adapter matrix.
-WATCHED = ("generation_head.vision_head.",)
+# Weights compared by the test: the backbone's code head (with LoRA: its base layer and adapter too), and every
+# adapter matrix.
+CODE_HEADS = {"janus": "generation_head.vision_head.", "llamagen": "lm_head."}
 
 
 def whole_state(module: torch.nn.Module, keep=lambda name: True) -> dict[str, torch.Tensor]:
@@ -38,23 +40,24 @@ def whole_state(module: torch.nn.Module, keep=lambda name: True) -> dict[str, to
     return {n: p.detach().cpu().clone() for n, p in params}
 
 
-def watched(name: str) -> bool:
-    return any(key in name for key in WATCHED) or "lora_" in name
+def watching(backbone: str):
+    """The filter of watched parameter names for `backbone`."""
+    return lambda name: CODE_HEADS[backbone] in name or "lora_" in name
 
 
 class RecordAtTrainBegin(TrainerCallback):
     """Keeps the decoder, policy and reference weights as training (re)starts, i.e. right after a checkpoint was loaded."""
 
-    def __init__(self, trainer):
-        self.trainer, self.state = trainer, None
+    def __init__(self, trainer, watched):
+        self.trainer, self.watched, self.state = trainer, watched, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         ref = getattr(self.trainer, "ref_model", None)
         ref = getattr(ref, "module", ref)
         self.state = {
             "decoder": {k: v.cpu().clone() for k, v in self.trainer.codec.module.state_dict().items()},
-            "policy": whole_state(self.trainer.model, watched),
-            "ref": whole_state(ref, watched) if ref is not None else None,
+            "policy": whole_state(self.trainer.model, self.watched),
+            "ref": whole_state(ref, self.watched) if ref is not None else None,
         }
 
 
@@ -75,9 +78,11 @@ def build_trainer(argv: list[str]):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
+    parser.add_argument("--backbone", default="janus", choices=list(CODE_HEADS))
     known, overrides = parser.parse_known_args()
+    watched = watching(known.backbone)
     common = [
-        "--recipe", "recipes/tiny_janus_clip.yaml", "--output_dir", os.path.join(known.out, "run"),
+        "--recipe", f"recipes/tiny_{known.backbone}_clip.yaml", "--output_dir", os.path.join(known.out, "run"),
         "--report_to", "none", "--log_images_steps", "0", "--save_steps", "2", "--max_train_samples", "32",
         "--per_device_train_batch_size", "4", "--decoder_batch_size", "2",
         "--ref_model_sync_steps", "1", "--ref_model_mixup_alpha", "0.5", "--seed", "0", *overrides,
@@ -101,7 +106,7 @@ def main():
     trainer.accelerator.wait_for_everyone()
 
     resumed = build_trainer([*common, "--max_steps", "3"])
-    recorder = RecordAtTrainBegin(resumed)
+    recorder = RecordAtTrainBegin(resumed, watched)
     resumed.add_callback(recorder)
     resumed.train(resume_from_checkpoint=os.path.join(known.out, "run", "checkpoint-2"))
     result["begin_run2"] = recorder.state
