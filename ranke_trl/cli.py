@@ -1,5 +1,6 @@
 """The `ranke-trl` command line.
 
+    ranke-trl generate --model outputs/ranke --prompt "a red square" --output_dir images/   # images from prompts
     ranke-trl eval --recipe recipes/eval_coco.yaml [--key value ...]     # evaluate a trained system
     ranke-trl table runs/std_rl/results.json runs/ranke/results.json     # one Markdown table of several runs
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-USAGE = """usage: ranke-trl {eval,table} ...
+USAGE = """usage: ranke-trl {generate,eval,table} ...
 
+  generate --model DIR_OR_HUB_ID --prompt TEXT [--prompt TEXT ...] [--output_dir DIR]    PNGs, one call
   eval   --recipe FILE [--key value ...]    generate, score, write <output_dir>/results.json and results.md
   table  RESULTS.json [RESULTS.json ...] [--output FILE]    print one Markdown table of several runs
 """
@@ -34,6 +36,39 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
+def _generate(argv: list[str]) -> int:
+    from .generation import TextToImagePipeline, save_images
+
+    parser = argparse.ArgumentParser(prog="ranke-trl generate", description="Images from text prompts, as PNG files.")
+    parser.add_argument("--model", required=True, help="A RankE output directory, any local model dir or Hub id.")
+    parser.add_argument("--prompt", action="append", default=[], help="A prompt (repeat the flag for several).")
+    parser.add_argument("--prompts_file", help="A text file with one prompt per line.")
+    parser.add_argument("--output_dir", default="outputs/generated", help="Where the PNGs and prompts.txt go.")
+    parser.add_argument("--images_per_prompt", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="Each image's seed derives from it and its indices.")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads (CPU).")
+    for name, kind in (("guidance_scale", float), ("temperature", float), ("top_k", int), ("top_p", float)):
+        parser.add_argument(f"--{name}", type=kind, default=None, help="Default: the run's saved value.")
+    args = parser.parse_args(argv)
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            prompts += [line.strip() for line in f if line.strip()]
+    if not prompts:
+        parser.error("give at least one --prompt or a --prompts_file")
+    pipe = TextToImagePipeline.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    sampling = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    print(f"Sampling: {pipe.describe()} (run defaults; overridden here: "
+          f"{', '.join(f'{k}={v}' for k, v in sampling.items() if v is not None) or 'nothing'})")
+    images = pipe(prompts, images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size,
+                  **sampling)
+    paths = save_images(images, prompts, args.output_dir, args.images_per_prompt)
+    print(f"Wrote {len(paths)} images and prompts.txt to {args.output_dir}")
+    return 0
+
+
 def _table(argv: list[str]) -> int:
     from .evaluation.results import results_table
 
@@ -51,7 +86,7 @@ def _table(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"eval": _eval, "table": _table}
+    commands = {"generate": _generate, "eval": _eval, "table": _table}
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -46,15 +46,16 @@ processor = AutoProcessor.from_pretrained("{repo}")
 decoder = {decoder_class}.from_pretrained("{repo}", subfolder="decoder")      # the decoder alone
 ```
 
-Generate with the `ranke_trl` adapter of the backbone, with the run's sampling settings (`sampling_config.json`):
+Generate images in one call with `ranke_trl`, which uses the sampling settings saved with the run
+(`sampling_config.json`: CFG {guidance}, top-p {top_p}) unless you pass others:
 
 ```python
-from ranke_trl.policy import make_policy
+from ranke_trl import generate
 
-policy = make_policy(model, processor)
-codes = policy.sample(model, policy.encode_prompts(["a red square"]), guidance_scale={guidance}, top_p={top_p})
-images = policy.codec(model).decode_images(codes)  # (B, 3, H, W) in [0, 1]
+images = generate("{repo}", ["a red square"], images_per_prompt=2)  # a list of PIL images
 ```
+
+or from the command line: `ranke-trl generate --model {repo} --prompt "a red square" --output_dir images/`.
 """
 
 LORA_LOADING = """## How to load
@@ -62,10 +63,10 @@ LORA_LOADING = """## How to load
 The repository holds a LoRA adapter on the policy and, in `decoder/`, the co-evolved VQ tokenizer (trained in full).
 
 ```python
-from ranke_trl.policy import load_policy_model
+from ranke_trl import generate
 
-# base model (from adapter_config.json) + adapter merged + the co-evolved decoder from decoder/
-model, processor = load_policy_model("{repo}", args)  # args: model_init_kwargs / trust_remote_code, e.g. a RankEConfig
+# base model (named in adapter_config.json) + the adapter merged + the co-evolved decoder from decoder/
+images = generate("{repo}", ["a red square"])  # a local copy of the repository
 ```
 """
 

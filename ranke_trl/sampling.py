@@ -98,10 +98,17 @@ def save_sampling(settings: dict, output_dir: str | os.PathLike) -> str:
 
 
 def load_sampling(model_dir: str | os.PathLike | None) -> dict | None:
-    """The sampling settings saved with a run in `model_dir`, or None (no file, or not a local directory)."""
+    """The sampling settings saved with a run in `model_dir` (a local directory or a Hub id), or None."""
     if model_dir is None:
         return None
     path = os.path.join(model_dir, SAMPLING_FILE)
+    if not os.path.isdir(model_dir):  # a Hub id: the file is optional (models not trained by RankE lack it)
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(str(model_dir), SAMPLING_FILE)
+        except Exception:
+            return None
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:

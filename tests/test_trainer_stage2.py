@@ -242,7 +242,6 @@ def test_model_card_code_runs_and_generates_images(tmp_path, tiny_janus, tiny_pr
     namespace = {}
     for block in re.findall(r"```python\n(.*?)```", card, flags=re.S):
         exec(block, namespace)  # noqa: S102 - the card's own snippets, run as a user would
-    assert namespace["images"].shape == (1, 3, 64, 64)
-    assert 0 <= namespace["images"].min() and namespace["images"].max() <= 1
+    assert len(namespace["images"]) == 2 and namespace["images"][0].size == (64, 64)
     assert torch.equal(namespace["decoder"].state_dict()["decoder.conv_in.weight"],
                        trainer.codec.module.state_dict()["decoder.conv_in.weight"])
