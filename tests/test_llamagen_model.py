@@ -145,6 +145,26 @@ def test_cached_step_logits_equal_the_full_forward(model, processor):
     torch.testing.assert_close(step_logits, null + 3.0 * (cond - null), atol=1e-5, rtol=0)
 
 
+def test_generation_without_the_kv_cache_reruns_the_prefix_and_draws_the_same_codes(model, processor):
+    batch = processor(PROMPTS, padding="longest")
+    lengths = []  # sequence length of every GPT forward
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].size(1)), with_kwargs=True
+    )
+    try:
+        for settings in (dict(do_sample=False), dict(do_sample=True, top_k=20)):
+            codes = {}
+            for use_cache in (True, False):
+                lengths.clear()
+                codes[use_cache] = model.generate_images(**batch, guidance_scale=3.0, use_cache=use_cache, **settings,
+                                                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+            prefix = batch["input_ids"].size(1)
+            assert lengths == [prefix + step for step in range(N)]  # the last (uncached) run
+            assert torch.equal(codes[True], codes[False]), settings
+    finally:
+        hook.remove()
+
+
 def test_guided_greedy_codes_equal_the_reference(original, model, processor):
     batch = processor(PROMPTS, padding="longest")
     with torch.no_grad():

@@ -409,6 +409,7 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel, GenerationMixin):
         cfg_interval: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_logits: bool = False,
+        use_cache: bool = True,
         **unused,
     ):
         """Draw one image per caption row with a KV-cached classifier-free-guidance loop (upstream `generate`).
@@ -418,6 +419,8 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel, GenerationMixin):
         `cfg_interval < 0` or `t <= cfg_interval + 1`; later codes use the conditional logits), then temperature,
         top-k and top-p, then draws. The drawn code feeds both halves. `guidance_scale=1` runs the conditional rows
         only. `generator` may be one generator, or one per row (a row's image then depends on its own seed only).
+        `use_cache=False` re-runs the whole `[caption | codes so far]` forward for every code instead (the same codes,
+        at quadratic cost: a baseline for benchmarks).
 
         Returns:
             codes (B, N) in [0, K); with `output_logits=True`, also the mixed logits (B, N, K) float32 before
@@ -446,12 +449,12 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel, GenerationMixin):
             attention_mask = torch.cat([attention_mask, attention_mask])
             uncond = torch.arange(2 * batch, device=attention_mask.device) >= batch
         warpers = _logits_warpers(temperature, top_k, top_p)
-        cache = DynamicCache(config=self.config.text_config)
+        cache = DynamicCache(config=self.config.text_config) if use_cache else None
         prefix_end = self.config.caption_max_length
         codes = torch.empty(batch, self.num_image_tokens, dtype=torch.long, device=attention_mask.device)
         step_logits = []
-        out = self(caption_embeds=caption_embeds, attention_mask=attention_mask, uncond=uncond, cache=cache,
-                   use_cache=True, logits_to_keep=1)  # fmt: skip
+        out = self(caption_embeds=caption_embeds, attention_mask=attention_mask, uncond=uncond,
+                   cache=cache, use_cache=use_cache, logits_to_keep=1)  # fmt: skip
         mask = attention_mask
         for step in range(self.num_image_tokens):
             logits = out.logits[:, -1].float()
@@ -469,6 +472,11 @@ class LlamaGenForImageGeneration(LlamaGenPreTrainedModel, GenerationMixin):
             codes[:, step] = next_code
             if step + 1 == self.num_image_tokens:
                 break
+            if not use_cache:  # the whole prefix again, codes drawn so far included
+                so_far = torch.cat([codes[:, : step + 1]] * (2 if use_cfg else 1))
+                out = self(caption_embeds=caption_embeds, attention_mask=attention_mask, image_tokens=so_far,
+                           uncond=uncond, use_cache=False, logits_to_keep=1)  # fmt: skip
+                continue
             feed = torch.cat([next_code, next_code]) if use_cfg else next_code
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
             position = torch.full((1, 1), prefix_end + step, device=mask.device)
