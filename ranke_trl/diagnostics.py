@@ -211,3 +211,11 @@ class ShiftDiagnostics:
 
     def __call__(self, policy_codes: torch.Tensor) -> dict[str, float]:
         return self.from_counts(code_histogram(policy_codes, self.codebook_size))
+
+    def batch(self, policy_codes: torch.Tensor) -> dict[str, float]:
+        """The training-time proxy on one generation batch, under names of its own: `shift/batch_token_kl_bits`
+        and `shift/batch_entropy_bits` (plus `shift/gt_entropy_bits`). Biased upwards by sparsity (a batch holds far
+        fewer codes than K), so it is not the Appendix C number, which `from_counts` gives over an evaluation set."""
+        metrics = self(policy_codes)
+        return {(k if k == "shift/gt_entropy_bits" else k.replace("shift/", "shift/batch_")): v
+                for k, v in metrics.items()}

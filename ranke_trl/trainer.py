@@ -53,6 +53,7 @@ from .diagnostics import CodeHistogram, ShiftDiagnostics
 from .distributed import is_zero3_partitioned, unpartitioned_copy
 from .hub import write_model_card
 from .image_logging import log_image_grid
+from .interrupt import stop_on_signals
 from .policy import load_policy_model, make_policy
 from .rewards import OpenClipReward, prompt_text
 from .rollout_buffer import RolloutBuffer
@@ -109,6 +110,12 @@ class _NamedReward:
             raise ValueError(f"Reward function '{name}' returned {len(out)} scores for {expected} images; it must "
                              "return exactly one per image.")
         return list(out)
+
+
+#: decoder-phase counters logged as counts: running totals at their latest value, per-phase counts summed over the
+#: logging window (everything else is TRL's window mean)
+_RUNNING_TOTALS = ("phases", "decoder_steps")
+_WINDOW_COUNTS = ("nonfinite_skipped", "unscored_rollouts")
 
 
 def describe_lambda_rbp(lambda_rbp: float) -> str:
@@ -319,9 +326,12 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         finally:
             self._release_model()
 
-    def train(self, *args, **kwargs):
-        with self._policy_prepared():
-            return super().train(*args, **kwargs)
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """TRL's `train`, with `resume_from_checkpoint=True` meaning the newest *complete* checkpoint, the resumed
+        checkpoint checked first, and SIGTERM/SIGINT stopping at a step boundary with a checkpoint (`interrupt`)."""
+        resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
+        with self._policy_prepared(), stop_on_signals(self):
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         with self._policy_prepared():
@@ -428,7 +438,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         """Record the batch: shift diagnostics and logged samples (and, with a decoder phase, the rollout cache)."""
         mode = "train" if self.model.training else "eval"
         all_codes = gather(codes)
-        for key, value in self.shift_diagnostics(all_codes).items():
+        for key, value in self.shift_diagnostics(all_codes).items():  # the per-batch proxy (`shift/batch_*`)
             self._metrics[mode][key].append(value)
         keep = min(self.args.num_images_to_log, len(images))
         self._last_rollouts = (images[:keep].cpu(), [prompt_text(p) for p in prompts[:keep]])
@@ -442,10 +452,11 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             self.rollout_buffer.add(all_codes.cpu(), all_prompts, group_ids, totals.cpu())
 
     def shift_diagnostics(self, codes: torch.LongTensor) -> dict[str, float]:
-        """Latent Covariate Shift diagnostics of a batch of rollout codes (METHOD.md, Appendix C)."""
+        """The per-batch proxy of the Latent Covariate Shift diagnostics (METHOD.md, Appendix C) on rollout codes:
+        `shift/batch_token_kl_bits`, `shift/batch_entropy_bits`, `shift/gt_entropy_bits`."""
         if self._shift_diagnostics is None:
             self._shift_diagnostics = self._build_shift_diagnostics()
-        return self._shift_diagnostics(codes)
+        return self._shift_diagnostics.batch(codes)
 
     def _build_shift_diagnostics(self) -> ShiftDiagnostics:
         args, size = self.args, self.policy.codebook_size
@@ -536,8 +547,15 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         self.rollout_buffer.end_phase()
         self._decoder_phases += 1
         metrics["phases"] = float(self._decoder_phases)
+        logged = self._metrics["train"]
         for key, value in metrics.items():
-            self._metrics["train"][f"decoder/{key}"].append(value)
+            name = f"decoder/{key}"
+            if key in _RUNNING_TOTALS:  # logged as themselves, not averaged over the logging window
+                logged[name] = [value]
+            elif key in _WINDOW_COUNTS:
+                logged[name] = [(logged[name][0] if logged[name] else 0.0) + value]
+            else:
+                logged[name].append(value)
         return metrics
 
     def _corpus_split(self, size: int) -> tuple[list[int], list[int]]:
@@ -559,9 +577,8 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         step = self.state.global_step
         if every and step % every == 0 and self._last_rollouts is not None and self.accelerator.is_main_process:
             images, prompts = self._last_rollouts
-            log_image_grid(
-                images, prompts, step, self.args.output_dir, self.args.report_to, self.callback_handler.callbacks
-            )
+            log_image_grid(images, prompts, step, self.args.output_dir, self.args.report_to,
+                           self.callback_handler.callbacks, nrow=min(self.num_generations, len(images)))
 
     def summary(self) -> str:
         """The last logged metrics and where the samples, checkpoints and final model are, for the console."""

@@ -112,7 +112,7 @@ def test_unscored_rollouts_train_without_stage_2_weight_and_are_counted(tmp_path
     trainer = _trainer(tmp_path, tiny_janus, tiny_processor, reward=partial_reward, max_steps=2)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "decoder/unscored_rollouts" in entry]
-    assert logged and logged[0]["decoder/unscored_rollouts"] == 2  # 2 of the 8 rollouts of the last phase
+    assert logged and logged[0]["decoder/unscored_rollouts"] == 4  # 2 of the 8 rollouts of each of the 2 phases
 
 
 # ------------------------------------------------------------------------------------------------ model and VQ

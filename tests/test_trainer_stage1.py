@@ -96,8 +96,10 @@ def test_rewards_and_metrics_are_logged(tmp_path, tiny_janus, tiny_processor):
     trainer.train()
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"reward", "rewards/redness/mean", "rewards/redness/std", "kl", "entropy"} <= logged
-    assert {"shift/entropy_bits"} <= logged
+    assert {"shift/batch_entropy_bits"} <= logged
     assert (tmp_path / "samples" / "step_000001.png").exists()
+    caption = (tmp_path / "samples" / "step_000001.txt").read_text()
+    assert "row 1:" in caption and "4 rollouts of this prompt" in caption  # a row is one prompt's G rollouts
 
 
 def test_existing_trl_reward_function_runs_unchanged(tmp_path, tiny_janus, tiny_processor):
@@ -195,7 +197,7 @@ def test_shift_diagnostics_use_corpus_codes_when_images_exist(tmp_path, tiny_jan
     )
     trainer.train()
     logged = trainer.state.log_history[0]
-    assert logged["shift/token_kl_bits"] > 0
+    assert logged["shift/batch_token_kl_bits"] > 0
     assert (tmp_path / "gt_code_stats.safetensors").exists()
 
 

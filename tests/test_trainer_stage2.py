@@ -90,7 +90,7 @@ def test_decoder_phase_metrics_are_logged(tmp_path, tiny_janus, tiny_processor):
     expected = {
         "decoder/loss_rbp", "decoder/loss_gan", "decoder/loss_rec", "decoder/loss_cons",
         "decoder/disc_real_logit", "decoder/disc_fake_logit", "decoder/rank_weight_max", "decoder/rank_weight_ess",
-        "decoder/heldout_rec_l1", "shift/token_kl_bits", "shift/entropy_bits",
+        "decoder/heldout_rec_l1", "shift/batch_token_kl_bits", "shift/batch_entropy_bits",
     }
     assert expected <= logged
 
@@ -245,3 +245,11 @@ def test_model_card_code_runs_and_generates_images(tmp_path, tiny_janus, tiny_pr
     assert len(namespace["images"]) == 2 and namespace["images"][0].size == (64, 64)
     assert torch.equal(namespace["decoder"].state_dict()["decoder.conv_in.weight"],
                        trainer.codec.module.state_dict()["decoder.conv_in.weight"])
+
+
+def test_decoder_counters_are_logged_as_counts_not_window_means(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=3, logging_steps=3)
+    trainer.train()
+    entry = next(e for e in trainer.state.log_history if "decoder/phases" in e)
+    assert entry["decoder/phases"] == 3 and entry["decoder/decoder_steps"] == 3  # not the window means 2 and 2
+    assert entry["decoder/nonfinite_skipped"] == 0
