@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 CARD_TEMPLATE = """---
 library_name: transformers
-base_model: {base_model}
-tags:
+{base_model_line}tags:
 {tags}
 ---
 
@@ -19,7 +20,7 @@ GRPO on the image-token policy, alternating with co-evolution of the VQ decoder 
 
 | | |
 |---|---|
-| base model | `{base_model}` |
+| base model | {base_model} |
 | mode | {mode} |
 | reward(s) | {rewards} |
 | training steps | {steps} (decoder phases: {phases}) |
@@ -27,10 +28,10 @@ GRPO on the image-token policy, alternating with co-evolution of the VQ decoder 
 | decoder losses | {stage2} |
 | dataset | {dataset} |
 
-## Final metrics
+## Final training metrics
 
 {metrics}
-
+{evaluation}
 ## How to load
 
 The repository holds the whole co-evolved system (policy with the co-evolved VQ model attached) and, in `decoder/`,
@@ -95,10 +96,57 @@ def _import_path(cls: type) -> str:
     return "transformers" if getattr(transformers, cls.__name__, None) is cls else cls.__module__
 
 
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def base_model_name(config) -> tuple[str, bool]:
+    """`(name, is_hub_id)`: the base model's Hub id when it was loaded from the Hub, else a description from its
+    config (never a local or temporary path)."""
+    name = getattr(config, "_name_or_path", "") or ""
+    if _HUB_ID.match(name) and not os.path.exists(name):
+        return name, True
+    where = f", loaded from a local directory named `{os.path.basename(name.rstrip(os.sep))}`" if name else ""
+    return f"a {config.model_type} model (not from the Hub{where})", False
+
+
+def dataset_description(dataset, name: str | None = None) -> str:
+    """`name (N rows)`: the given name, else the one `datasets` recorded, else what kind of dataset it is."""
+    if dataset is None:
+        return name or "unknown"
+    info = getattr(dataset, "info", None)
+    name = name or getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) or "an in-memory dataset"
+    size = f" ({len(dataset)} rows)" if hasattr(dataset, "__len__") else " (streamed)"
+    return f"`{name}`{size}"
+
+
+def evaluation_section(output_dir: str) -> str:
+    """Evaluation results found in `output_dir` (`results.json` of `ranke-trl eval`, `world_eval.json` of a
+    ShapesWorld run), as Markdown; empty when there are none."""
+    sections = []
+    results = os.path.join(output_dir, "results.json")
+    if os.path.isfile(results):
+        with open(results, encoding="utf-8") as f:
+            metrics = json.load(f).get("metrics", {})
+        rows = "\n".join(f"| `{k}` | {v:.4g} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+        sections.append(f"`ranke-trl eval` (results.json):\n\n| metric | value |\n|---|---|\n{rows}")
+    world = os.path.join(output_dir, "world_eval.json")
+    if os.path.isfile(world):
+        with open(world, encoding="utf-8") as f:
+            report = json.load(f)
+        before, after = report.get("before", {}), report.get("after", {})
+        rows = "\n".join(f"| `{k}` | {before.get(k, float('nan')):.4g} | {v:.4g} |"
+                          for k, v in sorted(after.items()) if isinstance(v, (int, float)))
+        sections.append(f"ShapesWorld evaluation before and after training (world_eval.json):\n\n"
+                        f"| metric | before | after |\n|---|---|---|\n{rows}")
+    if not sections:
+        return ""
+    return "\n## Evaluation\n\n" + "\n\n".join(sections) + "\n"
+
+
 def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) -> str:
     """Write `output_dir/README.md` for `trainer`'s run and return its path."""
     args = trainer.args
-    base_model = getattr(trainer.model.config, "_name_or_path", "") or "unknown"
+    base_model, on_hub = base_model_name(trainer.model.config)
     last = {}
     for entry in trainer.state.log_history:
         last.update({k: v for k, v in entry.items() if isinstance(v, (int, float))})
@@ -111,13 +159,15 @@ def write_model_card(trainer, output_dir: str, dataset_name: str | None = None) 
     tags = ["ranke", "trl", "grpo", "text-to-image", trainer.policy.model_type]
     card = CARD_TEMPLATE.format(
         name=os.path.basename(os.path.abspath(output_dir)),
-        base_model=base_model,
+        base_model=base_model if not on_hub else f"`{base_model}`",
+        base_model_line=f"base_model: {base_model}\n" if on_hub else "",
         tags="\n".join(f"- {t}" for t in tags),
         mode=_mode(args),
         rewards=rewards,
         steps=trainer.state.global_step,
         phases=getattr(trainer, "_decoder_phases", 0),
-        dataset=dataset_name or "see training arguments",
+        dataset=dataset_description(trainer.train_dataset, dataset_name),
+        evaluation=evaluation_section(output_dir),
         guidance=args.guidance_scale,
         temperature=args.temperature,
         top_p=args.top_p,

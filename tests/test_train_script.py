@@ -45,3 +45,7 @@ def test_shapes_recipe_trains_in_the_world_and_reports_world_metrics(tiny_world,
     assert report["before"] != report["after"]  # two RankE steps moved the policy and the decoder
     for name in ["model.safetensors", "decoder", "checkpoint-2"]:
         assert (tmp_path / name).exists(), name
+    card = (tmp_path / "README.md").read_text()
+    assert "## Evaluation" in card and "world_eval.json" in card and "| `shapes_fid` |" in card
+    assert tiny_world not in card and "base_model:" not in card  # a local base model: no path, no Hub claim
+    assert "(16 rows)" in card

@@ -253,3 +253,14 @@ def test_decoder_counters_are_logged_as_counts_not_window_means(tmp_path, tiny_j
     entry = next(e for e in trainer.state.log_history if "decoder/phases" in e)
     assert entry["decoder/phases"] == 3 and entry["decoder/decoder_steps"] == 3  # not the window means 2 and 2
     assert entry["decoder/nonfinite_skipped"] == 0
+
+
+def test_model_card_names_a_hub_base_model_by_id_and_never_a_local_path(tmp_path):
+    from types import SimpleNamespace
+
+    from ranke_trl.hub import base_model_name
+
+    assert base_model_name(SimpleNamespace(_name_or_path="deepseek-community/Janus-Pro-1B", model_type="janus")) == (
+        "deepseek-community/Janus-Pro-1B", True)
+    name, on_hub = base_model_name(SimpleNamespace(_name_or_path=str(tmp_path / "policy"), model_type="janus"))
+    assert not on_hub and str(tmp_path) not in name and "`policy`" in name
