@@ -1,18 +1,29 @@
-"""GPU check: RankE at the real Janus-Pro-1B shapes (random weights, bf16) on one GPU, in a few minutes.
+"""GPU check: RankE at a real backbone's shapes (random weights, bf16) on one GPU, in a few minutes.
 
-No download: the model is built from Janus-Pro-1B's published config with random weights, the CLIP reward is a
-random ViT-L-14 and LPIPS a random VGG-16, so every tensor has its real shape and cost. Prints:
+Backbones: Janus-Pro-1B (`--backbone janus`, the default; 384 px, 24x24 codes), or LlamaGen-XL (`--backbone
+llamagen`: the 775M GPT-XL, the frozen flan-t5-xl caption encoder it holds and VQ-16; `--image_size 256`, stage 1,
+16x16 codes, or `512`, stage 2, 32x32 codes; shared/LLAMAGEN.md).
 
-1. Rollout throughput, image tokens/s: our KV-cached CFG sampler against `generate(generation_mode="image")`, for
-   16 prompts x 8 samples (CFG doubles the rows); and whether both give the same codes under greedy decoding
-   (exactly so in fp32; in bf16 their attention paths round differently, so greedy paths may part after a tie).
+No download: the model is built from the published config with random weights (prompts go through a tiny tokenizer
+whose ids fit the real vocabulary), the CLIP reward is a random ViT-L-14 and LPIPS a random VGG-16, so every tensor
+has its real shape and cost. Prints:
+
+1. Rollout throughput, image tokens/s of the sampler RankE rolls out with, for 16 prompts x 8 samples (CFG doubles
+   the rows), against a baseline, and whether both give the same codes under greedy decoding (exactly so in fp32; in
+   bf16 their attention paths round differently, so greedy paths may part after a tie).
+   - Janus: our KV-cached CFG sampler against `generate(generation_mode="image")`, on all rows.
+   - LlamaGen: the model's own KV-cached loop (`generate_images`, which the adapter calls) against the same loop
+     without a KV cache (`use_cache=False`, quadratic), on the first 8 rows only (the baseline alone would take
+     minutes at 512 px).
 2. RankE steps (policy phase + decoder phase), the last one reported: seconds and peak accelerator memory of each
    phase.
 3. The decoder-overhead ratio: RankE step time / its policy phase alone (the Std. RL step).
 
     python benchmarks/gpu_check.py                                   # cuda, Janus-Pro-1B shapes, bf16
     python benchmarks/gpu_check.py --gradient_checkpointing --decoder_gradient_checkpointing --ema_device cpu
-    python benchmarks/gpu_check.py --tiny                            # tiny shapes on CPU, seconds (tests)
+    python benchmarks/gpu_check.py --backbone llamagen --image_size 256
+    python benchmarks/gpu_check.py --backbone llamagen --image_size 512 --gradient_checkpointing
+    python benchmarks/gpu_check.py --tiny [--backbone llamagen]      # tiny shapes on CPU, seconds (tests)
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ from transformers import TrainerCallback
 
 from ranke_trl import RankEConfig, RankEGRPOTrainer
 from ranke_trl.data import load_prompt_dataset
+from ranke_trl.models.llamagen.tiny_llamagen import build_tiny_llamagen, build_tiny_llamagen_processor
 from ranke_trl.policy import JanusPolicy
+from ranke_trl.policy.llamagen import LlamaGenPolicy
 from ranke_trl.rewards import CLIPReward
 from ranke_trl.tiny import build_tiny_janus, build_tiny_janus_processor, build_tiny_janus_tokenizer
 
@@ -38,6 +51,10 @@ SCALES = {
     "full": dict(prompts=16, samples=8, per_device=16, accumulation=8, generations=8, decoder_batch=8),
     "tiny": dict(prompts=2, samples=4, per_device=4, accumulation=2, generations=4, decoder_batch=4),
 }
+# Per backbone: the guidance scale (each model's own default), and the rollout rows the baseline sampler runs on at
+# full scale (None: all of them).
+GUIDANCE_SCALES = {"janus": 5.0, "llamagen": 7.5}
+BASELINE_ROWS = {"janus": None, "llamagen": 8}
 
 
 def janus_pro_1b_config():
@@ -62,13 +79,35 @@ def janus_pro_1b_config():
                        image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"))
 
 
-def build_model(tiny: bool, device: torch.device):
-    """The policy with random weights: tiny (fp32) or Janus-Pro-1B's shapes (bf16, built on `device`)."""
+def llamagen_xl_config(image_size: int = 256):
+    """LlamaGen-XL's configuration (the library's `LlamaGenConfig` defaults: GPT-XL, flan-t5-xl, VQ-16) at 256 px
+    (stage 1, 16x16 codes) or 512 px (stage 2, 32x32 codes)."""
+    from ranke_trl.models.llamagen import LlamaGenConfig
+    from ranke_trl.models.llamagen.configuration_llamagen import CAPTION_MAX_LENGTH
+
+    if image_size not in (256, 512):
+        raise ValueError(f"LlamaGen-XL T2I was trained at 256 and 512 px, not {image_size}.")
+    grid = image_size // 16
+    return LlamaGenConfig(
+        image_grid_size=grid,
+        vq_config={"num_patches": grid},
+        text_config={"max_position_embeddings": CAPTION_MAX_LENGTH + grid * grid},
+    )
+
+
+def build_model(backbone: str, tiny: bool, device: torch.device, image_size: int = 256):
+    """The policy with random weights: tiny (fp32) or the real shapes (bf16, built on `device`)."""
     if tiny:
-        return build_tiny_janus(seed=0).to(device)
+        return (build_tiny_janus if backbone == "janus" else build_tiny_llamagen)(seed=0).to(device)
+    torch.manual_seed(0)
+    if backbone == "llamagen":
+        from ranke_trl.models.llamagen import LlamaGenForImageGeneration
+
+        with torch.device(device):
+            model = LlamaGenForImageGeneration._from_config(llamagen_xl_config(image_size), dtype=torch.bfloat16)
+        return model.eval()  # prompts: the tiny T5 tokenizer, whose ids fit flan-t5-xl's 32128-entry vocabulary
     from transformers import JanusForConditionalGeneration
 
-    torch.manual_seed(0)
     with torch.device(device):
         model = JanusForConditionalGeneration._from_config(janus_pro_1b_config(), dtype=torch.bfloat16)
     tokenizer = build_tiny_janus_tokenizer()  # byte-level ids fit the 102400-entry vocabulary
@@ -79,6 +118,11 @@ def build_model(tiny: bool, device: torch.device):
     gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids("<begin_of_image>")}
     gen._from_model_config = False
     return model.eval()
+
+
+def build_processor(backbone: str):
+    """The tiny processor of the backbone (its ids fit the real vocabulary)."""
+    return build_tiny_janus_processor() if backbone == "janus" else build_tiny_llamagen_processor()
 
 
 def _sync(device: torch.device) -> None:
@@ -95,41 +139,59 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def rollout_throughput(model, device, prompts: int, samples: int, guidance_scale: float = 5.0) -> dict:
-    """Image tokens/s of our sampler and of HF `generate` on `prompts x samples` rows, plus a greedy agreement check."""
-    policy = JanusPolicy(build_tiny_janus_tokenizer(), model)
+def _baseline_sampler(backbone: str, model, rows, guidance_scale: float, do_sample: bool) -> torch.LongTensor:
+    """Codes (B, N) from the baseline: Janus's HF `generate(mode="image")`, or LlamaGen's loop without a KV cache."""
+    if backbone == "janus":
+        return model.generate(input_ids=rows.input_ids, attention_mask=rows.attention_mask, generation_mode="image",
+                              do_sample=do_sample, guidance_scale=guidance_scale, top_k=0, temperature=1.0)
+    return model.generate_images(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
+                                 guidance_scale=guidance_scale, do_sample=do_sample, top_k=0, top_p=1.0,
+                                 temperature=1.0, use_cache=False)
+
+
+def rollout_throughput(backbone: str, model, device, prompts: int, samples: int, guidance_scale: float,
+                       baseline_rows: int | None = None) -> dict:
+    """Image tokens/s of the rollout sampler on `prompts x samples` rows and of the baseline on the first
+    `baseline_rows` of them (None: all), the speedup on those rows, and a greedy agreement check on one prompt."""
+    policy = (JanusPolicy(build_tiny_janus_tokenizer(), model) if backbone == "janus"
+              else LlamaGenPolicy(build_processor(backbone), model))  # fmt: skip
+    baseline = {"janus": "hf_generate", "llamagen": "no_kv_cache"}[backbone]
     texts = [f"prompt number {i}: a photo of object {i}" for i in range(prompts) for _ in range(samples)]
     batch = policy.encode_prompts(texts, device=device)
+    compared = batch if baseline_rows is None else policy.encode_prompts(texts[:baseline_rows], device=device)
     single = policy.encode_prompts(["a red circle"], device=device)
 
     def ours(rows):
-        return policy.sample(model, rows, guidance_scale=guidance_scale, temperature=1.0)
+        return policy.sample(model, rows, guidance_scale=guidance_scale, temperature=1.0, top_k=0, top_p=1.0)
 
-    def hf(rows):
-        return model.generate(input_ids=rows.input_ids, attention_mask=rows.attention_mask, generation_mode="image",
-                              do_sample=True, guidance_scale=guidance_scale, top_k=0, temperature=1.0)
+    def theirs(rows):
+        return _baseline_sampler(backbone, model, rows, guidance_scale, do_sample=True)
+
+    def timed(fn, rows):
+        _sync(device)
+        start = time.perf_counter()
+        codes = fn(rows)
+        _sync(device)
+        assert codes.shape == (rows.input_ids.size(0), policy.num_image_tokens), codes.shape
+        return time.perf_counter() - start
 
     with torch.no_grad():
         greedy_ours = policy.sample(model, single, guidance_scale=guidance_scale, do_sample=False)
-        greedy_hf = model.generate(input_ids=single.input_ids, attention_mask=single.attention_mask,
-                                   generation_mode="image", do_sample=False, guidance_scale=guidance_scale, top_k=0)
-        seconds = {}
-        for name, fn in (("ours", ours), ("hf_generate", hf)):
-            fn(single)  # warm-up: kernels, allocator
-            _sync(device)
-            start = time.perf_counter()
-            codes = fn(batch)
-            _sync(device)
-            seconds[name] = time.perf_counter() - start
-            assert codes.shape == (len(texts), policy.num_image_tokens), codes.shape
-    tokens = len(texts) * policy.num_image_tokens
-    return {
+        greedy_baseline = _baseline_sampler(backbone, model, single, guidance_scale, do_sample=False)
+        ours(single), theirs(single)  # warm-up: kernels, allocator
+        seconds = {"ours": timed(ours, batch), baseline: timed(theirs, compared)}
+        ours_compared = seconds["ours"] if compared is batch else timed(ours, compared)
+    tokens, compared_tokens = (rows.input_ids.size(0) * policy.num_image_tokens for rows in (batch, compared))
+    results = {
         "rollout_rows": len(texts),
-        "greedy_codes_identical": bool(torch.equal(greedy_ours, greedy_hf)),
+        "greedy_codes_identical": bool(torch.equal(greedy_ours, greedy_baseline)),
         "ours_tokens_per_s": tokens / seconds["ours"],
-        "hf_generate_tokens_per_s": tokens / seconds["hf_generate"],
-        "speedup_vs_hf_generate": seconds["hf_generate"] / seconds["ours"],
+        f"{baseline}_tokens_per_s": compared_tokens / seconds[baseline],
+        f"speedup_vs_{baseline}": seconds[baseline] / ours_compared,
     }
+    if compared is not batch:
+        results["baseline_rows"] = compared.input_ids.size(0)
+    return results
 
 
 class _StepProfile(TrainerCallback):
@@ -172,7 +234,7 @@ def _random_vgg16_file(folder: str) -> str:
     return path
 
 
-def ranke_steps(model, device, tiny: bool, steps: int, options: dict, workdir: str) -> dict:
+def ranke_steps(backbone: str, model, device, tiny: bool, steps: int, options: dict, workdir: str) -> dict:
     """Train `steps` RankE steps and report the last: time and peak memory of its policy and decoder phases."""
     scale = SCALES["tiny" if tiny else "full"]
     if tiny:
@@ -187,11 +249,12 @@ def ranke_steps(model, device, tiny: bool, steps: int, options: dict, workdir: s
         bf16=not tiny, use_cpu=device.type == "cpu", seed=0, max_steps=steps, learning_rate=1e-6,
         per_device_train_batch_size=scale["per_device"], gradient_accumulation_steps=scale["accumulation"],
         num_generations=scale["generations"], decoder_batch_size=scale["decoder_batch"], decoder_bf16=not tiny,
-        lpips_weights_path=_random_vgg16_file(workdir), dataloader_num_workers=0, **options,
+        lpips_weights_path=_random_vgg16_file(workdir), dataloader_num_workers=0,
+        guidance_scale=GUIDANCE_SCALES[backbone], **options,
     )
     dataset = load_prompt_dataset("tiny", max_samples=scale["per_device"] * scale["accumulation"] * steps, seed=0)
     trainer = RankEGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                               processing_class=build_tiny_janus_processor())
+                               processing_class=build_processor(backbone))
     profile = _StepProfile(trainer, device)
     trainer.add_callback(profile)
     trainer.train()
@@ -215,7 +278,11 @@ def _print(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="Tiny shapes (64 px, 8x8 codes) on CPU, for tests.")
+    parser.add_argument("--backbone", default="janus", choices=list(GUIDANCE_SCALES),
+                        help="janus: Janus-Pro-1B; llamagen: LlamaGen-XL (GPT-XL + flan-t5-xl + VQ-16).")
+    parser.add_argument("--image_size", type=int, default=None, choices=[256, 512],
+                        help="LlamaGen-XL only: 256 (stage 1, the default) or 512 px (stage 2).")
+    parser.add_argument("--tiny", action="store_true", help="Tiny shapes (64 px) on CPU, for tests.")
     parser.add_argument("--device", default=None, help="Default: cuda when available (CPU with --tiny).")
     parser.add_argument("--steps", type=int, default=2, help="RankE steps; the last is reported (the first warms up).")
     parser.add_argument("--gradient_checkpointing", action="store_true", help="Checkpoint the policy's layers.")
@@ -225,21 +292,28 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda"))
     if not args.tiny and device.type != "cuda":
-        raise SystemExit("The full-scale check needs a GPU (random 1.87B weights in bf16). Use --tiny on CPU.")
+        raise SystemExit("The full-scale check needs a GPU (about 2B random weights in bf16). Use --tiny on CPU.")
+    if args.image_size is not None and (args.backbone != "llamagen" or args.tiny):
+        raise SystemExit("--image_size chooses LlamaGen-XL's resolution (--backbone llamagen, not --tiny).")
+    image_size = args.image_size or 256
     scale = SCALES["tiny" if args.tiny else "full"]
+    guidance_scale = GUIDANCE_SCALES[args.backbone]
+    baseline_rows = None if args.tiny else BASELINE_ROWS[args.backbone]
     options = {k: getattr(args, k) for k in ("gradient_checkpointing", "decoder_gradient_checkpointing",
                                               "ema_device", "ema_dtype")}
 
-    model = build_model(args.tiny, device)
-    results = {"scale": "tiny" if args.tiny else "Janus-Pro-1B (random weights, bf16)", "device": str(device),
-               "parameters_billions": sum(p.numel() for p in model.parameters()) / 1e9}
+    model = build_model(args.backbone, args.tiny, device, image_size)
+    full_name = "Janus-Pro-1B" if args.backbone == "janus" else f"LlamaGen-XL {image_size} px"
+    results = {"scale": f"tiny {args.backbone}" if args.tiny else f"{full_name} (random weights, bf16)",
+               "device": str(device), "parameters_billions": sum(p.numel() for p in model.parameters()) / 1e9}
     print(f"RankE GPU check: {results['scale']} on {device}")
-    print(f"Rollouts: {scale['prompts']} prompts x {scale['samples']} samples, CFG 5.0")
-    results.update(rollout_throughput(model, device, scale["prompts"], scale["samples"]))
+    print(f"Rollouts: {scale['prompts']} prompts x {scale['samples']} samples, CFG {guidance_scale:g}")
+    results.update(rollout_throughput(args.backbone, model, device, scale["prompts"], scale["samples"],
+                                      guidance_scale, baseline_rows))  # fmt: skip
     _print(results)
     print(f"RankE: {args.steps} steps, the last one reported; options {options}")
     with tempfile.TemporaryDirectory() as workdir:
-        step = ranke_steps(model, device, args.tiny, args.steps, options, workdir)
+        step = ranke_steps(args.backbone, model, device, args.tiny, args.steps, options, workdir)
     _print(step)
     results.update(step, options=options)
     return results

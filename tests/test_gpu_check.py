@@ -1,9 +1,11 @@
-"""`benchmarks/gpu_check.py`, the one-script GPU check, runs end to end at tiny scale on CPU and reports its figures."""
+"""`benchmarks/gpu_check.py`, the one-script GPU check, runs end to end at tiny scale on CPU and reports its figures,
+for Janus and for LlamaGen; its full-scale configurations have the published shapes."""
 
 import importlib.util
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,3 +40,50 @@ def test_tiny_run_reports_every_figure(gpu_check, capsys):
     assert results["decoder_overhead_ratio"] > 1  # the decoder phase adds time to the policy phase
     assert results["policy_peak_gib"] is None and "n/a (CPU)" in printed  # peak memory is measured on CUDA only
     assert results["options"]["decoder_gradient_checkpointing"] is True
+
+
+@pytest.mark.parametrize("image_size", [256, 512])
+def test_llamagen_xl_config_has_the_published_shapes(gpu_check, image_size):
+    from ranke_trl.models.llamagen import LlamaGenForImageGeneration
+
+    config = gpu_check.llamagen_xl_config(image_size)
+    text, vq, t5 = config.text_config, config.vq_config, config.caption_encoder_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.intermediate_size) == (
+        1280, 36, 20, 3584
+    )
+    assert text.vocab_size == vq.num_embeddings == 16384 and (vq.embed_dim, vq.base_channels) == (8, 128)
+    assert config.caption_dim == t5.d_model == 2048 and config.caption_max_length == 120
+    grid = image_size // 16
+    assert config.image_size == image_size and vq.num_patches == config.image_grid_size == grid
+    assert text.max_position_embeddings == 120 + grid**2
+    with torch.device("meta"):  # shapes only, no memory
+        model = LlamaGenForImageGeneration(config)
+    gpt = model.model.language_model, model.lm_head, model.model.caption_projector
+    assert sum(p.numel() for m in gpt for p in m.parameters()) == 777_678_080  # LLAMAGEN.md: upstream GPT-XL
+    assert sum(p.numel() for p in model.model.vqmodel.parameters()) == 71_883_403  # VQ-16
+
+
+def test_llamagen_tiny_run_reports_every_figure(gpu_check, capsys):
+    results = gpu_check.main(["--tiny", "--backbone", "llamagen"])
+    printed = capsys.readouterr().out
+    assert "tiny llamagen" in printed and "CFG 7.5" in printed
+    assert results["greedy_codes_identical"] is True  # fp32: with and without the KV cache, code for code
+    assert results["rollout_rows"] == 8 and results["rollouts_per_step"] == 8
+    for key in ("ours_tokens_per_s", "no_kv_cache_tokens_per_s", "speedup_vs_no_kv_cache", "step_s",
+                "policy_phase_s", "decoder_phase_s"):  # fmt: skip
+        assert results[key] > 0, key
+        assert key in printed
+    assert results["decoder_overhead_ratio"] > 1
+
+
+def test_image_size_is_for_llamagen_at_full_scale(gpu_check):
+    with pytest.raises(SystemExit, match="--image_size"):
+        gpu_check.main(["--tiny", "--backbone", "llamagen", "--image_size", "512"])
+
+
+def test_llamagen_baseline_runs_on_the_first_rows_only(gpu_check):
+    model = gpu_check.build_model("llamagen", tiny=True, device=torch.device("cpu"))
+    results = gpu_check.rollout_throughput("llamagen", model, torch.device("cpu"), prompts=2, samples=4,
+                                           guidance_scale=7.5, baseline_rows=2)  # fmt: skip
+    assert results["rollout_rows"] == 8 and results["baseline_rows"] == 2
+    assert results["greedy_codes_identical"] is True and results["speedup_vs_no_kv_cache"] > 0
