@@ -20,7 +20,9 @@ class RankEConfig(SamplingArguments, GRPOConfig):
 
     TRL's own fields keep their names and meaning (`temperature`, `top_k`, `top_p`, `beta`, `epsilon`,
     `num_generations`, `loss_type`, `sync_ref_model`, ...). Their defaults are changed to the paper's Stage 1
-    (METHOD.md): `loss_type="grpo"`, `beta=0.05`, `top_p=0.9`, `sync_ref_model=True` and `weight_decay=0.01`.
+    (METHOD.md): `loss_type="grpo"`, `beta=0.05`, `top_p=0.9`, `weight_decay=0.01`, a real EMA reference policy
+    (`sync_ref_model=True` every step with `ref_model_mixup_alpha=0.01`, ours) and the plain KL of Eq. 3
+    (`use_bias_correction_kl=False`).
     The sampling settings (`guidance_scale`, `temperature`, `top_k`, `top_p`, `logprob_mode`) are defined once, in
     `ranke_trl.sampling.SamplingArguments`, which evaluation shares.
     """
@@ -31,6 +33,20 @@ class RankEConfig(SamplingArguments, GRPOConfig):
     sync_ref_model: bool = field(
         default=True,
         metadata={"help": "Keep the reference policy as an EMA of the policy (paper: EMA reference)."},
+    )
+    ref_model_mixup_alpha: float = field(
+        default=0.01,
+        metadata={"help": "EMA rate of the reference policy, `ref <- alpha * policy + (1 - alpha) * ref`, every "
+                  "`ref_model_sync_steps` steps (ours: 0.01 every step, a horizon of ~100 policy steps; TRL's "
+                  "0.6 every 512 steps would leave the reference still for most of a run)."},
+    )
+    ref_model_sync_steps: int = field(
+        default=1, metadata={"help": "Policy steps between reference EMA updates (ours: 1, a real EMA)."}
+    )
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={"help": "Multiply the KL term by the importance ratio (TRL's off-policy correction). False: the "
+                  "plain KL of the paper's Eq. 3."},
     )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of the policy (paper: 0.01)."})
     mask_truncated_completions: bool = field(
@@ -226,6 +242,7 @@ class RankEConfig(SamplingArguments, GRPOConfig):
     _RANGES = (
         ("lambda_rbp", 0.0, True, True), ("lambda_gan", 0.0, True, False), ("lambda_rec", 0.0, True, False),
         ("lambda_cons", 0.0, True, False), ("lambda_lpips", 0.0, True, False), ("beta", 0.0, True, False),
+        ("ref_model_mixup_alpha", 0.0, False, False), ("ref_model_sync_steps", 1, True, False),
         ("learning_rate", 0.0, True, False), ("decoder_learning_rate", 0.0, True, False),
         ("discriminator_learning_rate", 0.0, True, False), ("decoder_weight_decay", 0.0, True, False),
         ("decoder_max_grad_norm", 0.0, False, True), ("diagnostics_smoothing", 0.0, True, False),

@@ -230,3 +230,18 @@ def test_fsdp_is_refused_at_start_up_with_the_alternative(tmp_path, tiny_janus, 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ValueError, match="does not support FSDP.*ZeRO-3"):
         _trainer(tmp_path, tiny_janus, tiny_processor)
+
+
+def test_the_reference_policy_is_a_real_ema_by_default(tmp_path, tiny_janus, tiny_processor):
+    config = _args(tmp_path, max_steps=2)
+    assert (config.sync_ref_model, config.ref_model_sync_steps, config.ref_model_mixup_alpha) == (True, 1, 0.01)
+    assert config.use_bias_correction_kl is False  # the plain KL of Eq. 3
+    trainer = RankEGRPOTrainer(model=tiny_janus, reward_funcs=[RecordingReward()], args=config,
+                               train_dataset=_dataset(), processing_class=tiny_processor)
+    reference = trainer.accelerator.unwrap_model(trainer.ref_model)
+    before = reference.model.generation_head.vision_head.weight.detach().clone()
+    trainer.train()
+    after = reference.model.generation_head.vision_head.weight
+    policy = tiny_janus.model.generation_head.vision_head.weight
+    assert not torch.equal(before, after)  # it moved within 2 steps (TRL's default would wait 512)
+    assert (after - before).abs().max() < (policy - before).abs().max()  # slowly, towards the policy
