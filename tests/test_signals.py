@@ -1,0 +1,189 @@
+"""SIGTERM and SIGINT stop training at the next step boundary with a full checkpoint, then exit with 128 + the signal
+number after saying how to resume; a second signal stops at once.
+
+The end-to-end tests send a real signal to a tiny run in its own process (`tests/interrupt_worker.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from interrupt_worker import build_trainer, trained_state
+from transformers import TrainerControl, TrainerState
+
+from ranke_trl.interrupt import StopOnSignal, TrainingInterrupted, signal_on_any_rank, stop_on_signals
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+MAX_STEPS = 4
+
+
+def run_worker(out, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, os.path.join("tests", "interrupt_worker.py"), "--out", str(out),
+               "--max_steps", str(MAX_STEPS), *extra]
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def interrupt_worker(out, signum: int) -> tuple[int, str]:
+    """Start a worker, send it `signum` once its first step has ended, and return its exit code and output."""
+    log_path = out / "log.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, os.path.join("tests", "interrupt_worker.py"), "--out", str(out),
+               "--max_steps", str(MAX_STEPS), "--marker_step", "1"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while not (out / "step-1").exists():
+                assert proc.poll() is None, f"the worker ended early:\n{log_path.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, "the worker never finished its first step"
+                time.sleep(0.05)
+            proc.send_signal(signum)
+            code = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return code, log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def sigterm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sigterm")
+    code, output = interrupt_worker(out, signal.SIGTERM)
+    return out, code, output
+
+
+def _checkpoints(run_dir) -> list[str]:
+    return sorted(p.name for p in run_dir.glob("checkpoint-*"))
+
+
+def test_sigterm_saves_a_full_checkpoint_at_the_step_boundary_then_exits_143(sigterm_run):
+    out, code, output = sigterm_run
+    assert code == 143, output[-3000:]
+    (checkpoint,) = _checkpoints(out / "run")  # the run saves no periodic checkpoints: this is the signal's
+    assert 1 <= int(checkpoint.split("-")[1]) < MAX_STEPS
+    for name in ["trainer_state.json", "model.safetensors", "optimizer.pt", "rng_state.pth", "decoder",
+                 "ema_decoder", "ranke_stage2.pt", "ref_model.safetensors"]:
+        assert (out / "run" / checkpoint / name).exists(), name
+    assert not (out / "result.pt").exists(), "train() did not return normally"
+
+
+def test_sigterm_exit_message_says_how_to_resume(sigterm_run):
+    out, _, output = sigterm_run
+    (checkpoint,) = _checkpoints(out / "run")
+    assert "Training stopped by SIGTERM" in output
+    assert f"--resume_from_checkpoint {out / 'run' / checkpoint}" in output
+    assert "--resume_from_checkpoint true" in output
+
+
+def test_resuming_after_sigterm_matches_an_uninterrupted_run(sigterm_run, tmp_path):
+    out, _, _ = sigterm_run
+    resumed = run_worker(out, "--resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = build_trainer(str(tmp_path), max_steps=MAX_STEPS)
+    straight.train()
+    expected, got = trained_state(straight), torch.load(out / "result.pt", weights_only=True)
+    for part, tensors in expected.items():
+        for key, value in tensors.items():
+            torch.testing.assert_close(got[part][key], value, atol=1e-5, rtol=1e-4, msg=f"{part}: {key}")
+
+
+def test_sigint_stops_with_a_checkpoint_and_exits_130(tmp_path):
+    code, output = interrupt_worker(tmp_path, signal.SIGINT)
+    assert code == 130, output[-3000:]
+    assert "Training stopped by SIGINT" in output
+    assert len(_checkpoints(tmp_path / "run")) == 1
+
+
+# ---------------------------------------------------------------------------------------------- the handlers
+def _stub_trainer(output_dir):
+    """What `stop_on_signals` uses of a trainer."""
+    callbacks = []
+    return SimpleNamespace(
+        accelerator=SimpleNamespace(device="cpu", is_main_process=True),
+        args=SimpleNamespace(output_dir=str(output_dir)),
+        add_callback=callbacks.append, remove_callback=callbacks.remove, callbacks=callbacks,
+        _checkpoint_files=lambda: [],
+    )
+
+
+@pytest.fixture
+def previous_sigterm_handler():
+    """A recording SIGTERM handler installed before the test (as a launcher's or the user's own would be)."""
+    received = []
+    original = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGTERM, original)
+
+
+def test_handlers_are_ours_only_inside_train_and_restored_after(tmp_path, previous_sigterm_handler):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    trainer = _stub_trainer(tmp_path)
+    with stop_on_signals(trainer):
+        assert signal.getsignal(signal.SIGTERM) is not before[0]
+        assert signal.getsignal(signal.SIGINT) is not before[1]
+        assert len(trainer.callbacks) == 1
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert trainer.callbacks == []
+
+
+def test_a_signal_asks_for_a_checkpoint_and_a_stop_at_the_next_step_end(tmp_path, previous_sigterm_handler):
+    trainer = _stub_trainer(tmp_path)
+    with pytest.raises(TrainingInterrupted) as caught:
+        with stop_on_signals(trainer) as callback:
+            signal.raise_signal(signal.SIGTERM)
+            control = TrainerControl()
+            callback.on_step_end(None, TrainerState(global_step=7), control)
+            assert control.should_save and control.should_training_stop
+    assert caught.value.code == 143 and caught.value.checkpoint == str(tmp_path / "checkpoint-7")
+    assert previous_sigterm_handler == [], "the first signal is ours alone"
+
+
+def test_a_second_signal_goes_to_the_previous_handler_at_once(tmp_path, previous_sigterm_handler):
+    with pytest.raises(TrainingInterrupted):
+        with stop_on_signals(_stub_trainer(tmp_path)):
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            assert previous_sigterm_handler == [signal.SIGTERM]
+
+
+def test_no_step_boundary_after_the_signal_still_exits_with_its_code(tmp_path, previous_sigterm_handler):
+    with pytest.raises(TrainingInterrupted) as caught:
+        with stop_on_signals(_stub_trainer(tmp_path)):
+            signal.raise_signal(signal.SIGTERM)  # e.g. during the last step's logging, after on_step_end
+    assert caught.value.code == 143 and caught.value.checkpoint is None
+
+
+def _agree(rank: int, world_size: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        callback = StopOnSignal()
+        callback.received = signal.SIGTERM if rank == 1 else 0  # only rank 1 was signalled
+        control = TrainerControl()
+        callback.on_step_end(None, TrainerState(global_step=3), control)
+        results[rank] = (control.should_save, control.should_training_stop, signal_on_any_rank(callback.received))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_ranks_agree_to_stop_when_only_one_was_signalled():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_agree, args=(2, port, results), nprocs=2, join=True)
+    assert dict(results) == {0: (True, True, signal.SIGTERM), 1: (True, True, signal.SIGTERM)}
