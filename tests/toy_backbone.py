@@ -111,6 +111,7 @@ class ToyImageGPT(PreTrainedModel):
 
 class ToyPolicy(ImageTokenPolicy):
     model_type = "toy_image_gpt"
+    model_class = ToyImageGPT
 
     def __init__(self, tokenizer, model, prompt_template: str = "{prompt}"):
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
@@ -118,10 +119,6 @@ class ToyPolicy(ImageTokenPolicy):
         toy = unwrap_model(model)
         self.codebook_size, self.num_image_tokens = toy.config.vq_config.codebook_size, GRID * GRID
         toy._policy = self
-
-    @classmethod
-    def handles(cls, model):
-        return isinstance(unwrap_model(model), ToyImageGPT)
 
     @classmethod
     def load_model(cls, name_or_path, **kwargs):
@@ -171,12 +168,6 @@ class ToyPolicy(ImageTokenPolicy):
             codes.append(code)
             previous = torch.cat([previous, code[:, None]], dim=1)
         return torch.stack(codes, dim=1)
-
-    def code_log_probs(self, model, input_ids, attention_mask, codes, *, guidance_scale, temperature=1.0,
-                       mode="guided", compute_entropy=False):
-        return model(input_ids=input_ids, attention_mask=attention_mask, image_codes=codes,
-                     image_code_kwargs=dict(guidance_scale=guidance_scale, temperature=temperature, mode=mode,
-                                            compute_entropy=compute_entropy))
 
     def _teacher_forced(self, toy, input_ids, attention_mask, codes, guidance_scale, temperature, mode,
                         compute_entropy):

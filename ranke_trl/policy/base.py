@@ -149,16 +149,23 @@ class ImageTokenPolicy(ABC):
     model_type: str
 
     # ------------------------------------------------------------------------------------------------ loading
-    @classmethod
-    @abstractmethod
-    def handles(cls, model: nn.Module) -> bool:
-        """Whether `model` (unwrapped) is a model of this backbone."""
+    #: the `PreTrainedModel` class of this backbone (what `handles` recognises and `load_model` loads)
+    model_class: type
 
     @classmethod
-    @abstractmethod
+    def handles(cls, model: nn.Module) -> bool:
+        """Whether `model` (unwrapped) is a model of this backbone."""
+        return isinstance(unwrap_model(model), cls.model_class)
+
+    @classmethod
     def load_model(cls, name_or_path: str, **kwargs) -> tuple[nn.Module, object]:
-        """`(model, processing_class)` from a Hub id or a local directory; `kwargs` go to `from_pretrained`
+        """`(model, processor)` from a Hub id or a local directory; `kwargs` go to `from_pretrained`
         (`dtype`, `revision`, `trust_remote_code`, ...)."""
+        from transformers import AutoProcessor
+
+        model = cls.model_class.from_pretrained(name_or_path, **kwargs)
+        hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+        return model, AutoProcessor.from_pretrained(name_or_path, **hub)
 
     @classmethod
     @abstractmethod
@@ -197,7 +204,6 @@ class ImageTokenPolicy(ABC):
         own seed, not on the batch it was drawn in.
         """
 
-    @abstractmethod
     def code_log_probs(
         self,
         model: nn.Module,
@@ -210,7 +216,20 @@ class ImageTokenPolicy(ABC):
         mode: LogProbMode = "guided",
         compute_entropy: bool = False,
     ) -> ImageCodeLogProbs:
-        """Teacher-forced per-code log-probs of `codes` (B, N) given prompts, in one forward pass."""
+        """Teacher-forced per-code log-probs of `codes` (B, N) given prompts, in one forward pass.
+
+        It goes through `model(...)`, so DDP / DeepSpeed hooks fire: :meth:`prepare_for_training` makes the model's
+        forward dispatch `model(input_ids=..., attention_mask=..., image_codes=..., image_code_kwargs=...)` to the
+        adapter's teacher-forced pass, which returns :class:`ImageCodeLogProbs`.
+        """
+        return model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_codes=codes,
+            image_code_kwargs=dict(
+                guidance_scale=guidance_scale, temperature=temperature, mode=mode, compute_entropy=compute_entropy
+            ),
+        )
 
     @abstractmethod
     def codec(self, model: nn.Module) -> VQCodec:

@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import DynamicCache
+from transformers import DynamicCache, JanusForConditionalGeneration
 
 from .base import (
     ImageCodeLogProbs,
     ImageTokenPolicy,
-    LogProbMode,
     PromptBatch,
     VQCodec,
     apply_cfg,
@@ -116,6 +115,7 @@ class JanusPolicy(ImageTokenPolicy):
     """
 
     model_type = "janus"
+    model_class = JanusForConditionalGeneration
 
     def __init__(self, tokenizer, model: nn.Module, prompt_template: str = JANUS_PROMPT_TEMPLATE):
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
@@ -146,20 +146,6 @@ class JanusPolicy(ImageTokenPolicy):
             )
 
     # ----------------------------------------------------------------------------------------------- loading
-    @classmethod
-    def handles(cls, model: nn.Module) -> bool:
-        from transformers import JanusForConditionalGeneration
-
-        return isinstance(_unwrap(model), JanusForConditionalGeneration)
-
-    @classmethod
-    def load_model(cls, name_or_path: str, **kwargs):
-        from transformers import AutoProcessor, JanusForConditionalGeneration
-
-        model = JanusForConditionalGeneration.from_pretrained(name_or_path, **kwargs)
-        hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
-        return model, AutoProcessor.from_pretrained(name_or_path, **hub)
-
     @classmethod
     def load_codec(cls, name_or_path: str, **kwargs) -> "JanusVQCodec":
         from transformers import JanusVQVAE
@@ -254,28 +240,6 @@ class JanusPolicy(ImageTokenPolicy):
         return codes
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def code_log_probs(
-        self,
-        model: nn.Module,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor,
-        codes: torch.LongTensor,
-        *,
-        guidance_scale: float,
-        temperature: float = 1.0,
-        mode: LogProbMode = "guided",
-        compute_entropy: bool = False,
-    ) -> ImageCodeLogProbs:
-        # Through `model(...)`, so DDP / DeepSpeed hooks fire; `install_image_forward` routes it here.
-        return model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            image_codes=codes,
-            image_code_kwargs=dict(
-                guidance_scale=guidance_scale, temperature=temperature, mode=mode, compute_entropy=compute_entropy
-            ),
-        )
-
     def _teacher_forced(
         self, janus, input_ids, attention_mask, codes, guidance_scale, temperature, mode, compute_entropy
     ) -> ImageCodeLogProbs:

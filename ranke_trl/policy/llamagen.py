@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..models.llamagen import LlamaGenForImageGeneration, LlamaGenVQVAE, clean_caption
-from .base import ImageCodeLogProbs, ImageTokenPolicy, LogProbMode, PromptBatch, apply_cfg, unwrap_model
+from .base import ImageCodeLogProbs, ImageTokenPolicy, PromptBatch, apply_cfg, unwrap_model
 from .janus import JanusVQCodec
 
 _unwrap = unwrap_model
@@ -49,6 +49,7 @@ class LlamaGenPolicy(ImageTokenPolicy):
     """
 
     model_type = "llamagen"
+    model_class = LlamaGenForImageGeneration
 
     def __init__(self, tokenizer, model: nn.Module, prompt_template: str = "{prompt}"):
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
@@ -71,18 +72,6 @@ class LlamaGenPolicy(ImageTokenPolicy):
         self._undo = None
 
     # ----------------------------------------------------------------------------------------------- loading
-    @classmethod
-    def handles(cls, model: nn.Module) -> bool:
-        return isinstance(_unwrap(model), LlamaGenForImageGeneration)
-
-    @classmethod
-    def load_model(cls, name_or_path: str, **kwargs):
-        from transformers import AutoProcessor
-
-        model = LlamaGenForImageGeneration.from_pretrained(name_or_path, **kwargs)
-        hub = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
-        return model, AutoProcessor.from_pretrained(name_or_path, **hub)
-
     @classmethod
     def load_codec(cls, name_or_path: str, **kwargs) -> LlamaGenVQCodec:
         return LlamaGenVQCodec(LlamaGenVQVAE.from_pretrained(name_or_path, **kwargs))
@@ -146,28 +135,6 @@ class LlamaGenPolicy(ImageTokenPolicy):
         )
 
     # ----------------------------------------------------------------------------------------------- scoring
-    def code_log_probs(
-        self,
-        model: nn.Module,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor,
-        codes: torch.LongTensor,
-        *,
-        guidance_scale: float,
-        temperature: float = 1.0,
-        mode: LogProbMode = "guided",
-        compute_entropy: bool = False,
-    ) -> ImageCodeLogProbs:
-        # Through `model(...)`, so DDP / DeepSpeed hooks fire; `prepare_for_training` installed the dispatch.
-        return model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            image_codes=codes,
-            image_code_kwargs=dict(
-                guidance_scale=guidance_scale, temperature=temperature, mode=mode, compute_entropy=compute_entropy
-            ),
-        )
-
     def guided_steps(self, num_codes: int, device=None) -> torch.BoolTensor:
         """(N,) which codes the sampler draws from CFG-mixed logits (all of them unless `cfg_interval >= 0`)."""
         steps = torch.arange(num_codes, device=device)
