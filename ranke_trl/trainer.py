@@ -30,9 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
-from collections.abc import Callable
 
 import torch
 from accelerate.utils import gather, gather_object, is_peft_model
@@ -41,7 +39,7 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer import grpo_trainer
-from trl.trainer.utils import get_callable_name, is_async_callable
+from trl.trainer.utils import is_async_callable
 
 from .checkpointing import DECODER_DIR, RankECheckpointing
 from .config import RankEConfig
@@ -56,60 +54,12 @@ from .image_logging import log_image_grid
 from .interrupt import stop_on_signals
 from .policy import load_policy_model, make_policy
 from .rewards import OpenClipReward, prompt_text
+from .rewards.guard import NamedReward, check_reward_funcs
 from .rollout_buffer import RolloutBuffer
 from .sampling import describe_sampling
 from .schedule import DecoderPhaseCallback, corpus_batches
 
 logger = logging.getLogger(__name__)
-
-
-class _NamedReward:
-    """Wraps a reward function so that an exception or a bad return names the reward that failed.
-
-    A reward returns one score per image: a list (or 1-D tensor) of real numbers, `None`/NaN for an image it
-    cannot score. Infinite scores, strings, nested lists, 2-D or meta tensors and a wrong count are refused, in
-    every mode, with the reward's name.
-    """
-
-    def __init__(self, func: Callable, name: str):
-        self.func, self.__name__ = func, name
-
-    def __getattr__(self, item):  # expose `score`, `is_differentiable`, ... of the wrapped reward
-        return getattr(self.func, item)
-
-    def __call__(self, *args, **kwargs):
-        try:
-            out = self.func(*args, **kwargs)
-        except Exception as err:
-            raise RuntimeError(f"Reward function '{self.__name__}' raised {type(err).__name__}: {err}") from err
-        return self._check(out, len(kwargs.get("completions", args[1] if len(args) > 1 else [])))
-
-    def _check(self, out, expected: int) -> list:
-        name = self.__name__
-        if isinstance(out, torch.Tensor):
-            if out.is_meta:
-                raise TypeError(f"Reward function '{name}' returned a meta tensor (no values); compute the scores on "
-                                "a real device.")
-            if out.dim() > 1 and out.numel() != out.size(0):
-                raise ValueError(f"Reward function '{name}' returned a tensor of shape {tuple(out.shape)}; it must "
-                                 "return one score per image, (B,).")
-            out = out.detach().float().cpu().reshape(-1).tolist()
-        if not isinstance(out, (list, tuple)):
-            raise TypeError(f"Reward function '{name}' returned {type(out).__name__}; it must return a list of "
-                            "floats, one per image (None for an image it cannot score).")
-        for i, value in enumerate(out):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Reward function '{name}' returned {value!r} ({type(value).__name__}) for image {i}; "
-                                "scores must be real numbers (None for an image it cannot score).")
-            if math.isinf(value):
-                raise ValueError(f"Reward function '{name}' returned {value} for image {i}; scores must be finite "
-                                 "(return None for an image it cannot score).")
-        if expected and len(out) != expected:
-            raise ValueError(f"Reward function '{name}' returned {len(out)} scores for {expected} images; it must "
-                             "return exactly one per image.")
-        return list(out)
 
 
 #: decoder-phase counters logged as counts: running totals at their latest value, per-phase counts summed over the
@@ -214,7 +164,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
                 "`processing_class` must be the model's processor (AutoProcessor) or its tokenizer, got "
                 f"{type(processing_class).__name__}."
             )
-        reward_funcs = self._check_reward_funcs(reward_funcs)
+        reward_funcs = check_reward_funcs(reward_funcs)
 
         # The policy adapter owns every backbone detail; the VQ model leaves the policy so that neither the
         # policy's optimizer nor its DeepSpeed engine ever owns the decoder (NOTES.md).
@@ -263,7 +213,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
                 peft_config=peft_config,
             )
         self.reward_funcs = [
-            f if isinstance(f, nn.Module) or is_async_callable(f) else _NamedReward(f, n)
+            f if isinstance(f, nn.Module) or is_async_callable(f) else NamedReward(f, n)
             for f, n in zip(self.reward_funcs, self.reward_func_names, strict=True)
         ]
         self.codec.module.to(self.accelerator.device).eval().requires_grad_(False)
@@ -338,23 +288,6 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             return super().evaluate(*args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ set-up
-    @staticmethod
-    def _check_reward_funcs(reward_funcs):
-        if reward_funcs is None:
-            raise ValueError("RankEGRPOTrainer needs at least one reward function scoring images.")
-        reward_funcs = reward_funcs if isinstance(reward_funcs, list) else [reward_funcs]
-        for func in reward_funcs:
-            if isinstance(func, (str, nn.Module)):
-                raise TypeError(
-                    f"Reward {get_callable_name(func) if callable(func) else func!r} is a model or a model id; TRL "
-                    "would treat it as a text classifier. Image rewards must be plain callables "
-                    "`f(prompts, completions, **kwargs) -> list[float]` (they may hold a model), e.g. "
-                    "`ranke_trl.rewards.CLIPReward`."
-                )
-            if not callable(func):
-                raise TypeError(f"Reward function {func!r} is not callable.")
-        return reward_funcs
-
     @staticmethod
     def _check_stage2_inputs(args: RankEConfig, train_dataset) -> None:
         if not args.train_decoder:
