@@ -42,7 +42,9 @@ def _clip_inputs(model, images01: torch.Tensor) -> torch.Tensor:
     )
 
 
-def train_shapes_clip(images, captions, config, steps, batch_size, learning_rate, seed=0, show_progress=True):
+def train_shapes_clip(
+    images, captions, config, steps, batch_size, learning_rate, seed=0, show_progress=True, desc="CLIP: training"
+):
     """Train an `open_clip.CLIP(**config)` on uint8 images (M, 3, H, W) and their M captions.
 
     The loss is CLIP's symmetric InfoNCE over each batch's *distinct* captions: a world has a few hundred captions,
@@ -60,7 +62,7 @@ def train_shapes_clip(images, captions, config, steps, batch_size, learning_rate
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1, betas=(0.9, 0.98))
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     losses = []
-    for _ in tqdm(range(steps), desc="ShapesWorld CLIP", disable=not show_progress):
+    for _ in tqdm(range(steps), desc=desc, disable=not show_progress):
         index = torch.randint(len(images), (batch_size,), generator=generator)
         in_batch, target = caption_ids[index].unique(return_inverse=True)
         image_features = model.encode_image(_clip_inputs(model, images[index].float() / 255), normalize=True)

@@ -152,6 +152,7 @@ def train_attribute_net(
     learning_rate: float = 2e-3,
     seed: int = 0,
     show_progress: bool = True,
+    desc: str = "feature net: training",
     **net_kwargs,
 ) -> tuple[ShapesAttributeNet, list[float]]:
     """Train a `ShapesAttributeNet` with cross-entropy on augmented renders.
@@ -159,6 +160,7 @@ def train_attribute_net(
     Args:
         images: uint8 (M, 3, 64, 64) world renders. targets: (M, num_cells) `cell_targets` of their scenes.
         steps, batch_size, learning_rate: AdamW with a cosine decay to zero.
+        show_progress, desc: the progress bar and its label.
 
     Returns:
         The net in eval mode, frozen, and the per-step training losses.
@@ -171,7 +173,7 @@ def train_attribute_net(
     optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, steps // 20), steps)
     losses = []
-    for _ in tqdm(range(steps), desc="ShapesFID feature net", disable=not show_progress):
+    for _ in tqdm(range(steps), desc=desc, disable=not show_progress):
         index = torch.randint(len(images), (batch_size,), generator=generator)
         pixels = augment(images[index].float() / 127.5 - 1, generator)
         loss = F.cross_entropy(net(pixels).flatten(0, 1), targets[index].flatten())

@@ -111,6 +111,7 @@ def train_vqgan(
     settings: VQGANSettings,
     seed: int = 0,
     show_progress: bool = True,
+    desc: str = "VQ tokenizer: training",
 ) -> tuple[JanusVQVAE, dict]:
     """Train a `JanusVQVAE` on world renders as a VQGAN.
 
@@ -118,6 +119,7 @@ def train_vqgan(
         images: uint8 (M, 3, H, W) renders; H must match the config's grid times its downsampling.
         config: the tokenizer's config (e.g. `tiny_janus_config(...).vq_config`).
         perceptual: the frozen perceptual distance.
+        show_progress, desc: the progress bar and its label.
 
     Returns:
         The tokenizer in eval mode, and a log: mean losses over the last tenth of the steps, the codes re-initialised
@@ -146,7 +148,7 @@ def train_vqgan(
     window = torch.zeros(config.num_embeddings, dtype=torch.long)
     history: dict[str, list[float]] = {"l1": [], "perceptual": [], "codebook": [], "gan": [], "discriminator": []}
     reinitialised = 0
-    for step in tqdm(range(settings.steps), desc="ShapesWorld VQGAN", disable=not show_progress):
+    for step in tqdm(range(settings.steps), desc=desc, disable=not show_progress):
         index = torch.randint(len(images), (settings.batch_size,), generator=generator)
         pixels = images[index].float() / 127.5 - 1
         quantized, codes, codebook_loss, latents = l2_quantize(vq, pixels)

@@ -14,6 +14,10 @@ files, so it loads through the same code as a Hub model:
 `features/shapes_fid_reference.safetensors` holds ShapesFID statistics of real validation images
 (`FIDMetric.load_reference`). `manifest.json` records the seed, command, versions, sizes, wall times and quality.
 
+A preparation prints a banner (cache, stages, estimate), a `stage k/4` line per stage and a progress bar for every
+step longer than a few seconds (rendering, training, encoding, decoding, sampling). For a given seed, settings,
+library versions and thread count it is deterministic: the same weights and figures (`tests/test_world_determinism.py`).
+
 The cache lives in `$RANKE_SHAPES_CACHE`, else `~/.cache/ranke_trl/shapes_world`; a `tiny=True` preparation
 (seconds, poor models, for tests) defaults to the same path with the suffix `_tiny`. Recipes name the policy
 `shapes` (`shapes_policy_path`) and the reward `shapes_clip` (`shapes_clip_reward`).
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from filelock import FileLock
+from tqdm.auto import tqdm
 from transformers import JanusVQVAE
 
 from ranke_trl.evaluation.fid import FIDMetric
@@ -54,6 +59,14 @@ from .shapes_eval import ShapesEval, summarize
 CACHE_ENV = "RANKE_SHAPES_CACHE"
 DEFAULT_CACHE = Path("~/.cache/ranke_trl/shapes_world")
 STAGES = ("features", "vq", "clip", "policy")
+STAGE_NAMES = {"features": "feature net", "vq": "VQ tokenizer", "clip": "CLIP", "policy": "SFT policy"}
+STAGE_WORK = {
+    "features": "the per-cell attribute classifier behind ShapesFID and the VQ's perceptual loss",
+    "vq": "Janus's VQ trained as a VQGAN, then every image encoded",
+    "clip": "the shapes_clip reward, trained on renders and their VQ reconstructions",
+    "policy": "a tiny Janus trained by image-token SFT on the codes, then sampled for the manifest's figures",
+}
+ESTIMATE = {False: "about 16–20 min on 2 cores", True: "under a minute on 2 cores"}  # keyed by `tiny`
 MANIFEST_FORMAT = "ranke_trl.ShapesWorld/1"
 FID_REFERENCE = "shapes_fid_reference.safetensors"
 DECODE_BATCH = 64  # images per VQ decoder forward while preparing
@@ -118,10 +131,15 @@ def _write_manifest(root: Path, manifest: dict) -> None:
     os.replace(tmp, root / "manifest.json")  # atomic: a reader never sees half a manifest
 
 
-def _render(split: str, num: int, seed: int):
+def _bar(total: int, desc: str, show: bool, unit: str = "img") -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show)
+
+
+def _render(split: str, num: int, seed: int, progress: bool = False):
     """Scenes of `split` and their renders, uint8 (M, 3, 64, 64): the rows `make_split(split, num, seed)` holds."""
     scenes = sample_scenes(split, num, seed)
-    images = np.stack([render_scene(scene) for scene in scenes]) if scenes else np.zeros((0, 64, 64, 3), np.uint8)
+    renders = [render_scene(scene) for scene in tqdm(scenes, f"rendering {split} scenes", disable=not progress)]
+    images = np.stack(renders) if scenes else np.zeros((0, 64, 64, 3), np.uint8)
     return scenes, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
@@ -135,10 +153,24 @@ def _save_stage(root: Path, name: str, save) -> None:
 
 
 @torch.no_grad()
-def _encode(codec: JanusVQCodec, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def _encode(codec: JanusVQCodec, images: torch.Tensor, desc: str, progress: bool, batch_size: int = 64):
     """uint8 images (M, 3, 64, 64) -> codes (M, N) by the L2-normalised lookup."""
-    chunks = [images[i : i + batch_size].float() / 127.5 - 1 for i in range(0, len(images), batch_size)]
-    return torch.cat([codec.encode(chunk) for chunk in chunks])
+    chunks = []
+    with _bar(len(images), desc, progress) as bar:
+        for i in range(0, len(images), batch_size):
+            chunks.append(codec.encode(images[i : i + batch_size].float() / 127.5 - 1))
+            bar.update(len(chunks[-1]))
+    return torch.cat(chunks)
+
+
+def _decode(codec: JanusVQCodec, codes: torch.Tensor, desc: str, progress: bool) -> torch.Tensor:
+    """Codes (M, N) -> images (M, 3, 64, 64) in [0, 1], `DECODE_BATCH` at a time (`decode_images`, with a bar)."""
+    chunks = []
+    with _bar(len(codes), desc, progress) as bar:
+        for i in range(0, len(codes), DECODE_BATCH):
+            chunks.append(codec.decode_images(codes[i : i + DECODE_BATCH]))
+            bar.update(len(chunks[-1]))
+    return torch.cat(chunks) if chunks else torch.zeros(0, 3, 64, 64)
 
 
 def _fid(net: ShapesAttributeNet, real01: torch.Tensor, fake01: torch.Tensor) -> float:
@@ -159,26 +191,39 @@ def _shapes_eval(images01: torch.Tensor, scenes) -> dict:
 
 class _World:
     """What every stage reads: train and validation scenes with their renders, uint8 (M, 3, 64, 64) (the rows
-    `make_split(split, M, seed)` holds), and their codes under the current VQ, encoded once."""
+    `make_split(split, M, seed)` holds), and their codes and validation reconstructions under the current VQ,
+    computed once."""
 
-    def __init__(self, settings: ShapesWorldSettings, seed: int):
-        self.train_scenes, self.train_images = _render("train", settings.num_train_images, seed)
-        self.eval_scenes, self.eval_images = _render("validation", settings.num_eval_images, seed)
+    def __init__(self, settings: ShapesWorldSettings, seed: int, progress: bool):
+        self.progress = progress
+        self.train_scenes, self.train_images = _render("train", settings.num_train_images, seed, progress)
+        self.eval_scenes, self.eval_images = _render("validation", settings.num_eval_images, seed, progress)
         self.eval01 = self.eval_images.float() / 255
         self._codes: tuple | None = None
+        self._recon: tuple | None = None
 
     def codes(self, vq: JanusVQVAE) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes (M, N) of the train and validation renders under `vq`."""
         if self._codes is None or self._codes[0] is not vq:
-            codec = JanusVQCodec(vq)
-            self._codes = (vq, _encode(codec, self.train_images), _encode(codec, self.eval_images))
+            codec, show = JanusVQCodec(vq), self.progress
+            train = _encode(codec, self.train_images, "VQ tokenizer: encoding train images", show)
+            valid = _encode(codec, self.eval_images, "VQ tokenizer: encoding validation images", show)
+            self._codes = (vq, train, valid)
         return self._codes[1:]
+
+    def eval_recon01(self, vq: JanusVQVAE) -> torch.Tensor:
+        """VQ reconstructions of the validation renders, (M, 3, 64, 64) in [0, 1]."""
+        if self._recon is None or self._recon[0] is not vq:
+            desc = "VQ tokenizer: decoding validation images"
+            self._recon = (vq, _decode(JanusVQCodec(vq), self.codes(vq)[1], desc, self.progress))
+        return self._recon[1]
 
 
 def _train_features(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool):
     targets = render_targets(world.train_scenes)
     net, losses = train_attribute_net(
-        world.train_images, targets, s.feature_steps, s.feature_batch_size, seed=seed, show_progress=progress
+        world.train_images, targets, s.feature_steps, s.feature_batch_size, seed=seed, show_progress=progress,
+        desc="feature net: training",
     )
     reference = FIDMetric(feature_extractor=ShapesFIDFeatures(net))
     reference.update_real(world.eval01)
@@ -197,12 +242,13 @@ def _train_features(s: ShapesWorldSettings, seed: int, world: _World, root: Path
 
 def _train_vq(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, net: ShapesAttributeNet):
     config = tiny_janus_config(codebook_size=s.codebook_size, base_channels=s.vq_base_channels).vq_config
-    vq, log = train_vqgan(world.train_images, config, ShapesPerceptualDistance(net), s.vq, seed, progress)
+    perceptual = ShapesPerceptualDistance(net)
+    vq, log = train_vqgan(world.train_images, config, perceptual, s.vq, seed, progress, "VQ tokenizer: training")
     _save_stage(root, "vq", vq.save_pretrained)
-    train_codes, eval_codes = world.codes(vq)
+    train_codes, _ = world.codes(vq)
     counts = torch.bincount(train_codes.flatten(), minlength=s.codebook_size).double()
     probs = counts[counts > 0] / counts.sum()
-    recon01 = JanusVQCodec(vq).decode_images(eval_codes, DECODE_BATCH)
+    recon01 = world.eval_recon01(vq)
     quality = {
         "recon_l1": float((recon01 - world.eval01).abs().mean()),  # in [0, 1] pixel units
         "codebook_usage": float((counts > 0).double().mean()),  # share of entries the training images use
@@ -214,21 +260,21 @@ def _train_vq(s: ShapesWorldSettings, seed: int, world: _World, root: Path, prog
 
 
 def _train_clip(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, vq: JanusVQVAE):
-    codec, (train_codes, eval_codes) = JanusVQCodec(vq), world.codes(vq)
+    train_codes, _ = world.codes(vq)
     # The reward scores decoded images, so the CLIP also sees VQ reconstructions of its training renders.
-    recon = (codec.decode_images(train_codes, DECODE_BATCH) * 255).round().to(torch.uint8)
+    recon01 = _decode(JanusVQCodec(vq), train_codes, "CLIP: decoding train images", progress)
+    recon = (recon01 * 255).round().to(torch.uint8)
     captions = [scene.prompt for scene in world.train_scenes]
     config = shapes_clip_config(s.clip_embed_dim)
     model, log = train_shapes_clip(
         torch.cat([world.train_images, recon]), captions * 2, config, s.clip_steps, s.clip_batch_size,
-        s.clip_learning_rate, seed, progress,
+        s.clip_learning_rate, seed, progress, desc="CLIP: training",
     )
     _save_stage(root, "clip", lambda folder: save_open_clip(model, config, folder))
     eval_captions = [scene.prompt for scene in world.eval_scenes]
-    eval_recon01 = codec.decode_images(eval_codes, DECODE_BATCH)
     quality = {
         "retrieval_top1": clip_retrieval_accuracy(model, world.eval01, eval_captions),
-        "retrieval_top1_on_recon": clip_retrieval_accuracy(model, eval_recon01, eval_captions),
+        "retrieval_top1_on_recon": clip_retrieval_accuracy(model, world.eval_recon01(vq), eval_captions),
         "retrieval_chance": 1.0 / len(set(eval_captions)),
     }
     return model, {"num_parameters": sum(p.numel() for p in model.parameters()), "train_log": log, "quality": quality}
@@ -246,6 +292,10 @@ def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: 
     with torch.no_grad():  # (ours) code embeddings start at the tokenizer's unit-norm codebook, not at noise
         model.model.generation_embeddings.weight.copy_(F.normalize(vq.quantize.embedding.weight, dim=-1))
     processor = build_tiny_janus_processor()
+    # The text config's special tokens are the tokenizer's, so a trainer loading the policy has nothing to align.
+    text_config = model.config.get_text_config()
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(text_config, name, getattr(processor.tokenizer, name))
     policy = make_policy(model, processor)
     sft = ImageTokenSFT(policy, model, replace(s.sft, seed=seed, show_progress=progress))
     train_codes, eval_codes = world.codes(vq)
@@ -253,8 +303,13 @@ def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: 
     eval_prompts = [scene.prompt for scene in world.eval_scenes]
     generator = torch.Generator().manual_seed(seed)
     prompts = policy.encode_prompts(eval_prompts)
-    codes = policy.sample(model, prompts, guidance_scale=s.eval_guidance_scale, top_p=s.eval_top_p, generator=generator)
-    samples01 = sft.codec.decode_images(codes, DECODE_BATCH)
+    # One batch with one generator, as the manifest's figures were first measured; its bar moves once, at the end.
+    with _bar(len(eval_prompts), "SFT policy: sampling validation images", progress) as bar:
+        codes = policy.sample(
+            model, prompts, guidance_scale=s.eval_guidance_scale, top_p=s.eval_top_p, generator=generator
+        )
+        bar.update(len(codes))
+    samples01 = _decode(sft.codec, codes, "SFT policy: decoding samples", progress)
 
     def save(folder: Path):
         with policy.codec_attached(model, sft.codec):
@@ -295,13 +350,14 @@ def prepare_shapes_world(
     """Train and cache whatever ShapesWorld component is missing; returns the cache folder.
 
     Stages run in order (features -> vq -> clip -> policy); the first missing one and every later one (which depend
-    on it) are trained, the earlier ones loaded. A complete cache returns at once.
+    on it) are trained, the earlier ones loaded. A complete cache returns at once, silently.
 
     Args:
         cache_dir: the cache folder (see `shapes_cache_dir` for the default).
         tiny: seconds-long training of small models (loadable, not good): for tests and smoke runs.
         seed: seeds the data, the initialisations and the batch orders.
         force: retrain everything, replacing the cache.
+        show_progress: print the banner, the `stage k/4` lines and the progress bars.
 
     Raises:
         ValueError: if the cache was prepared with another seed, size or settings; pass `force=True` or another
@@ -313,6 +369,12 @@ def prepare_shapes_world(
     # for it rather than train their own copy.
     with FileLock(str(root / ".prepare.lock")):
         return _prepare(root, TINY if tiny else FULL, tiny, seed, force, show_progress)
+
+
+def _say(show: bool, text: str) -> None:
+    if show:
+        tqdm.write(text)  # between bars, never inside one
+        sys.stdout.flush()
 
 
 def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, force: bool, show_progress: bool) -> str:
@@ -328,6 +390,10 @@ def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, f
     if not todo:
         return str(root)
     first = STAGES.index(todo[0])
+    names = ", ".join(STAGE_NAMES[stage] for stage in STAGES)
+    resume = f"; stages 1-{first} are cached, resuming at stage {first + 1}" if first else ""
+    _say(show_progress, f"Preparing ShapesWorld (first run only) into {root}: {len(STAGES)} stages ({names}), "
+                        f"{ESTIMATE[tiny]}{resume}")
     manifest = {
         "format": MANIFEST_FORMAT,
         "identity": identity,
@@ -344,9 +410,11 @@ def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, f
         "stages": {stage: (manifest or {})["stages"][stage] for stage in STAGES[:first]},
     }
     start = time.perf_counter()
-    args = (settings, seed, _World(settings, seed), root, show_progress)
+    args = (settings, seed, _World(settings, seed, show_progress), root, show_progress)
 
     def run(stage: str, trainer, *extra):
+        number = f"{STAGES.index(stage) + 1}/{len(STAGES)}"
+        _say(show_progress, f"stage {number}: {STAGE_NAMES[stage]} ({STAGE_WORK[stage]})")
         stage_start = time.perf_counter()
         component, record = trainer(*args, *extra)
         disk = sum(f.stat().st_size for f in (root / stage).rglob("*") if f.is_file())
@@ -364,6 +432,8 @@ def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, f
     manifest["total_wall_s"] = round(sum(record["wall_s"] for record in manifest["stages"].values()), 1)
     manifest["quality"] = _headline(manifest["stages"])
     _write_manifest(root, manifest)
+    _say(show_progress, f"ShapesWorld prepared in {manifest['wall_s_this_call'] / 60:.1f} min: {root} "
+                        "(figures in manifest.json)")
     return str(root)
 
 

@@ -101,6 +101,43 @@ def test_a_missing_stage_is_retrained_from_the_stages_before_it(cache, tmp_path,
     assert (copy / "policy" / "model.safetensors").is_file()
 
 
+def test_a_preparation_names_its_cache_stages_and_estimate_and_shows_progress(cache, tmp_path, capsys):
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    for stage in ("clip", "policy"):
+        shutil.rmtree(copy / stage)
+    pretrain.prepare_shapes_world(copy, tiny=True, show_progress=True)
+    out, err = capsys.readouterr()
+    assert (
+        f"Preparing ShapesWorld (first run only) into {copy}: 4 stages (feature net, VQ tokenizer, CLIP, SFT policy), "
+        "under a minute on 2 cores; stages 1-2 are cached, resuming at stage 3" in out
+    )
+    assert "stage 3/4: CLIP" in out and "stage 4/4: SFT policy" in out and "stage 2/4" not in out
+    for bar in ("rendering train scenes", "VQ tokenizer: encoding train images", "CLIP: decoding train images",
+                "CLIP: training", "image-token SFT", "SFT policy: sampling", "SFT policy: decoding samples"):
+        assert bar in err, bar
+    assert "ShapesWorld prepared in" in out
+
+
+def test_a_complete_cache_is_reused_silently(cache, capsys):
+    pretrain.prepare_shapes_world(cache, tiny=True, show_progress=True)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_saved_policy_config_agrees_with_its_tokenizer_so_trainers_realign_nothing(cache):
+    from transformers import AutoProcessor, JanusForConditionalGeneration
+    from transformers.trainer_utils import align_special_tokens
+
+    path = pretrain.shapes_policy_path(cache, prepare=False)
+    model, processor = JanusForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    names = ("bos_token_id", "eos_token_id", "pad_token_id")
+    configs = (model.config.get_text_config(), model.generation_config)
+    before = [[getattr(config, name) for name in names] for config in configs]
+    align_special_tokens(model, processor)  # what Trainer does, warning about every id it changes
+    assert [[getattr(config, name) for name in names] for config in configs] == before
+    assert before[0] == [getattr(processor.tokenizer, name) for name in names]
+
+
 def test_a_cache_prepared_with_another_seed_is_refused(cache):
     with pytest.raises(ValueError, match="force=True"):
         pretrain.prepare_shapes_world(cache, tiny=True, seed=1, show_progress=False)
