@@ -114,7 +114,7 @@ def test_copy_of_a_checkpointed_decoder_runs_its_own_weights(base_vq):
 
 def _phase_step(base_vq, checkpointing: bool) -> dict[str, torch.Tensor]:
     args = RankEConfig(output_dir="unused", bf16=False, report_to=[], lambda_rbp=0.0, lambda_lpips=0.0,
-                       decoder_learning_rate=1e-3, decoder_activation_checkpointing=checkpointing, seed=0)
+                       decoder_learning_rate=1e-3, decoder_gradient_checkpointing=checkpointing, seed=0)
     codec = JanusVQCodec(copy.deepcopy(base_vq))
     torch.manual_seed(0)
     phase = DecoderPhase(codec, args)
