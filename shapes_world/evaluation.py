@@ -1,10 +1,15 @@
-"""Scoring a policy + decoder in ShapesWorld: `WorldEvaluator`, and the train-time world report of a recipe.
+"""Scoring a policy + decoder in ShapesWorld: `WorldScorer`, `WorldEvaluator`, the train-time world report of a
+recipe, and the `shapes` metric of `ranke-trl eval`.
 
-`WorldEvaluator` samples images for fixed validation prompts with fixed per-image seeds and measures CLIP score,
-ShapesFID, ShapesEval, the token KL to the ground-truth codes and the code entropy, plus two diagnostics that split
-ShapesFID into content and rendering (`rerender_detected`). The experiment (`experiment.py`) calls it every
-`eval_every` steps; a training recipe on the `shapes` policy calls it before and after training through
-`world_eval_callback` and the recipe keys of `plugin.WorldEvalArguments` (`world_eval_prompts`, `world_eval_seed`).
+`WorldScorer` measures generated images by the world's own metrics: the world CLIP's score, ShapesFID, ShapesEval
+(overall and per prompt family), the token KL to ground-truth codes and the code entropy (Appendix C), plus two
+diagnostics that split ShapesFID into content and rendering (`rerender_detected`). Three callers use it:
+
+- `WorldEvaluator` samples fixed validation prompts with fixed per-image seeds; the experiment (`experiment.py`) calls
+  it every `eval_every` steps, and a training recipe on the `shapes` policy before and after training through
+  `world_eval_callback` and the recipe keys of `plugin.WorldEvalArguments` (`world_eval_prompts`, `world_eval_seed`).
+- `WorldEvalMetric` is `ranke-trl eval --metrics shapes` (registered by `plugin.register`): the images the runner
+  generates for the `shapes` prompt set, against the real renders of the same prompts.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from ranke_trl.diagnostics import CodeHistogram, ShiftDiagnostics
 from ranke_trl.evaluation.clip_score import clip_score_from_cosine
 
 from .data import make_split
-from .pretrain import load_shapes_fid, shapes_clip_reward
+from .pretrain import FID_REFERENCE, load_shapes_fid, read_manifest, shapes_cache_dir, shapes_clip_reward
 from .scenes import Scene, ShapeSpec, render_scene
 from .shapes_eval import ShapesEval, summarize
 from .vocab import KINDS, SIZES
@@ -58,6 +63,46 @@ def rerender_detected(images01: torch.Tensor, shapes_eval: ShapesEval) -> tuple[
     return torch.stack(renders).float() / 255, unreadable / max(1, total)
 
 
+class WorldScorer:
+    """The world's metrics of a set of generated images: metric name -> value (see `METRICS` and `DIAGNOSTICS`).
+
+    Args:
+        cache_dir: the ShapesWorld cache (None: the default, see `pretrain.shapes_cache_dir`); it holds the CLIP and
+            ShapesFID's real statistics (its validation renders).
+        device: where the CLIP runs (None: the CPU).
+
+    `scorer(images01, codes, prompts, metadata, shift)` takes images (B, 3, H, W) in [0, 1], their codes (B, N), one
+    prompt and one ShapesEval metadata dict per image, and a `ShiftDiagnostics` holding the ground-truth histogram.
+    """
+
+    def __init__(self, cache_dir=None, device=None):
+        self.clip = shapes_clip_reward(cache_dir, device=device)
+        self.fid = load_shapes_fid(cache_dir)
+        self.shapes_eval = ShapesEval()
+
+    @torch.no_grad()
+    def __call__(self, images01, codes, prompts, metadata, shift: ShiftDiagnostics) -> dict[str, float]:
+        cos = self.clip.score(images01, prompts)
+        self.fid.reset_fake()
+        self.fid.update_fake(images01)
+        shapes_fid = self.fid.compute()
+        evaluated = self.shapes_eval.evaluate_batch(list(images01), metadata)
+        rerendered, unreadable = rerender_detected(images01, self.shapes_eval)
+        self.fid.reset_fake()
+        self.fid.update_fake(rerendered)
+        content_fid = self.fid.compute()
+        summary = summarize(evaluated)
+        return {
+            "clip_score": float(clip_score_from_cosine(cos).mean()),
+            "shapes_fid": shapes_fid,
+            "shapes_eval": summary["overall"],
+            "shapes_fid_content": content_fid,
+            "unreadable_shapes": unreadable,
+            **{f"shapes_eval/{k}": v for k, v in summary["per_family"].items()},
+            **shift(codes),
+        }
+
+
 class WorldEvaluator:
     """Scores a policy + decoder on fixed validation prompts: metric name -> value (see `METRICS`).
 
@@ -73,9 +118,7 @@ class WorldEvaluator:
         data = make_split("validation", num_prompts, seed=seed)
         self.prompts, self.metadata = list(data["prompt"]), list(data["metadata"])
         self.real = torch.stack([image_to_tensor(im, 64) for im in data["image"]])
-        self.clip = shapes_clip_reward(cache_dir)
-        self.fid = load_shapes_fid(cache_dir)
-        self.shapes_eval = ShapesEval()
+        self.scorer = WorldScorer(cache_dir)
         self.sampling = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}
         self.seed = seed
         self.shift = None
@@ -93,26 +136,7 @@ class WorldEvaluator:
                       for i in range(len(self.prompts))]
         codes = policy.sample(model, policy.encode_prompts(self.prompts, device), generator=generators, **self.sampling)
         images = codec.decode_images(codes)
-        cos = self.clip.score(images, self.prompts)
-        self.fid.reset_fake()
-        self.fid.update_fake(images)
-        shapes_fid = self.fid.compute()
-        evaluated = self.shapes_eval.evaluate_batch(list(images), self.metadata)
-        rerendered, unreadable = rerender_detected(images, self.shapes_eval)
-        self.fid.reset_fake()
-        self.fid.update_fake(rerendered)
-        content_fid = self.fid.compute()
-        summary = summarize(evaluated)
-        metrics = {
-            "clip_score": float(clip_score_from_cosine(cos).mean()),
-            "shapes_fid": shapes_fid,
-            "shapes_eval": summary["overall"],
-            "shapes_fid_content": content_fid,
-            "unreadable_shapes": unreadable,
-            **{f"shapes_eval/{k}": v for k, v in summary["per_family"].items()},
-            **self.shift(codes),
-        }
-        return metrics, images[:8].cpu()
+        return self.scorer(images, codes, self.prompts, self.metadata, self.shift), images[:8].cpu()
 
 
 def world_eval_report(before: dict[str, float], after: dict[str, float], out_dir: str) -> str:
@@ -159,3 +183,77 @@ def world_eval_callback(arguments: WorldEvalArguments, script_args, config, trai
         top_k=config.top_k, top_p=config.top_p, seed=arguments.world_eval_seed,
     )
     return WorldEvalCallback(trainer, evaluator, config.seed)
+
+
+# --- `ranke-trl eval --metrics shapes` (registered by plugin.register) ----------------------------------------------
+
+
+class WorldEvalMetric:
+    """The world's metrics as a metric of `ranke-trl eval` (`ranke_trl.evaluation.register_metric`), on the images
+    the runner generates for the `shapes` prompt set.
+
+    Keys: `shapes_clip_score` (the world CLIP's `100 * max(cos, 0)`, not the ViT-L/14 `clip_score`), `shapes_fid` and
+    `shapes_fid_content` (against the cache's validation statistics), `unreadable_shapes`, `shapes_eval` (GenEval's
+    overall) and `shapes_eval/<family>`, and `shift/token_kl_bits`, `shift/entropy_bits`, `shift/gt_entropy_bits`
+    by the Appendix C protocol: every policy code of the run against the ground-truth codes of the same prompts' real
+    renders, encoded by the evaluated VQ. Each process keeps its images; `compute` gathers them and scores all of
+    them on every process, which is cheap at ShapesWorld's 64 px.
+    """
+
+    def __init__(self, args, codec, accelerator):
+        self.args, self.codec, self.accelerator = args, codec, accelerator
+        self.parts: dict[str, list] = {"images": [], "codes": [], "gt_codes": [], "prompts": [], "metadata": []}
+
+    def prepare_references(self) -> None:
+        from .plugin import prompt_scenes
+
+        args = self.args
+        self.scenes = prompt_scenes(args.prompt_split, args.max_prompts, args.dataset_seed)
+        self.scorer = WorldScorer(None, device=self.accelerator.device)
+
+    @torch.no_grad()
+    def update(self, records, codes: torch.LongTensor, images01: torch.Tensor) -> None:
+        scenes = [self.scenes[record.index] for record in records]
+        for record, scene in zip(records, scenes):
+            if scene.prompt != record.prompt:
+                raise ValueError(f"Prompt {record.index} is {record.prompt!r}, its ShapesWorld scene {scene.prompt!r}: "
+                                 "the 'shapes' metric needs the 'shapes' prompt set with its own split and seed.")
+        size = self.codec.image_size
+        real = torch.stack([torch.from_numpy(render_scene(scene, size)).permute(2, 0, 1) for scene in scenes])
+        per = self.args.images_per_prompt
+        self.parts["images"].append(images01.float().cpu())
+        self.parts["codes"].append(codes.cpu())
+        self.parts["gt_codes"].append(self.codec.encode(real.float().div(127.5).sub(1).to(images01.device)).cpu())
+        self.parts["prompts"] += [record.prompt for record in records for _ in range(per)]
+        self.parts["metadata"] += [record.metadata for record in records for _ in range(per)]
+
+    def compute(self) -> tuple[dict[str, float], dict]:
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([self.parts])  # one dict per process, in rank order
+        joined = {key: [item for part in gathered for item in part[key]] for key in self.parts}
+        images, codes, gt_codes = (torch.cat(joined[key]) for key in ("images", "codes", "gt_codes"))
+        size = self.codec.codebook_size
+        shift = ShiftDiagnostics(CodeHistogram(size).update(gt_codes).counts, size, self.args.shift_smoothing)
+        metrics = self.scorer(images, codes, joined["prompts"], joined["metadata"], shift)
+        metrics["shapes_clip_score"] = metrics.pop("clip_score")
+        return metrics, self._meta(shift, len(images), len(gt_codes))
+
+    def _meta(self, shift: ShiftDiagnostics, num_images: int, num_real: int) -> dict:
+        root = shapes_cache_dir()
+        fid = {**self.scorer.fid.description, "reference": f"{root / 'features' / FID_REFERENCE} (validation renders)"}
+        identity = (read_manifest(root) or {}).get("identity", {})
+        return {
+            "shapes_world": {"cache": str(root), "seed": identity.get("seed"), "tiny": identity.get("tiny")},
+            "shapes_clip_score": {"model": f"the ShapesWorld CLIP ({root / 'clip'})", "score": "100 * max(cos, 0)",
+                                  "num_images": num_images},
+            "shapes_fid": fid,
+            "shapes_fid_content": {**fid, "fake": "clean re-renders of the shapes ShapesEval reads in each image"},
+            "unreadable_shapes": {"what": "fraction of detected objects whose kind ShapesEval cannot read"},
+            "shapes_eval": {"scorer": "ShapesEval (shapes_world/shapes_eval.py), GenEval's rules",
+                            "overall": "mean over prompt families of the fraction of images judged correct",
+                            "num_images": num_images},
+            "shift": {**shift.description, "num_policy_codes": num_images * self.codec.num_tokens,
+                      "reference": f"ground-truth codes of the {num_real} prompts' real renders, encoded by the "
+                                   "evaluated VQ (Appendix C)"},
+        }

@@ -6,6 +6,7 @@ registries exactly as a third-party package would (`setup.py`: entry point `rank
   none is named;
 - rewards `shapes_clip` (the world's CLIP) and `shapes_eval` (ShapesEval's partial credit, a black box);
 - prompt set `shapes` (`ranke-trl eval`): the test split, 64 prompts by default, with GenEval-like metadata;
+- metric `shapes` (`ranke-trl eval`): the world's own metrics on those prompts (`evaluation.WorldEvalMetric`);
 - recipe keys `world_eval_prompts`, `world_eval_seed` and their before/after report (`evaluation.py`).
 
 Each name imports the heavy parts (open_clip, the cache) only when it is used.
@@ -51,14 +52,32 @@ def _dataset(split: str, num_rows: int | None, seed: int):
     return make_split(split, num_examples=DEFAULT_TRAIN_ROWS if num_rows is None else num_rows, seed=seed)
 
 
+def prompt_scenes(split: str | None, max_prompts: int | None, seed: int):
+    """The scenes behind the `shapes` prompt set, in its order: the rows of `make_split(split or "test", ...)`."""
+    from .data import sample_scenes
+
+    return sample_scenes(split or "test", DEFAULT_PROMPTS if max_prompts is None else max_prompts, seed)
+
+
 def _prompts(*, split, max_prompts, seed, **_):
     from ranke_trl.evaluation.eval_sets import PromptRecord
 
-    dataset = _dataset(split or "test", DEFAULT_PROMPTS if max_prompts is None else max_prompts, seed)
-    return [
-        PromptRecord(i, text, metadata=json.loads(meta))
-        for i, (text, meta) in enumerate(zip(dataset["prompt"], dataset["metadata"]))
-    ]
+    scenes = prompt_scenes(split, max_prompts, seed)
+    return [PromptRecord(i, s.prompt, metadata=json.loads(json.dumps(s.metadata))) for i, s in enumerate(scenes)]
+
+
+def _world_metric(args, codec, accelerator):
+    from .evaluation import WorldEvalMetric
+
+    return WorldEvalMetric(args, codec, accelerator)
+
+
+def _check_world_metric(args) -> None:
+    if args.prompt_set != "shapes":
+        raise ValueError("The 'shapes' metric scores ShapesWorld images against their scenes: set prompt_set: shapes.")
+    if "shift" in args.metrics:
+        raise ValueError("The 'shapes' metric reports shift/* against the prompts' own real renders (Appendix C); "
+                         "drop 'shift' from metrics.")
 
 
 def _shapes_clip(**kwargs):
@@ -84,6 +103,7 @@ def _world_eval_callback(arguments, script_args, config, trainer):
 def register() -> None:
     """Register ShapesWorld's names with `ranke_trl` (called once per process by `ranke_trl.plugins`)."""
     from ranke_trl.data import register_dataset
+    from ranke_trl.evaluation import register_metric
     from ranke_trl.evaluation.eval_sets import register_prompt_set
     from ranke_trl.recipes import register_model_source, register_recipe_extension
     from ranke_trl.rewards import register_reward
@@ -93,4 +113,5 @@ def register() -> None:
     register_reward("shapes_clip", _shapes_clip)
     register_reward("shapes_eval", _shapes_eval)
     register_prompt_set("shapes", _prompts, geneval_metadata=True)
+    register_metric("shapes", _world_metric, check=_check_world_metric)
     register_recipe_extension("shapes_world", WorldEvalArguments, _world_eval_callback)

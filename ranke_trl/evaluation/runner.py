@@ -41,6 +41,7 @@ from .eval_sets import PROMPT_SETS, get_prompt_set, iter_image_batches, load_eva
 from .fid import FIDMetric
 from .geneval import GenEvalWriter, read_geneval_results
 from .hps_benchmark import PAPER_SUBSETS, summarize_hps
+from .metrics_registry import EVAL_METRICS, get_metric
 from .results import read_results, results_table, write_results
 
 METRICS = ("clip_score", "fid", "hps", "geneval", "shift")
@@ -113,7 +114,8 @@ class EvalArguments(SamplingArguments):
     do_sample: bool = field(default=True, metadata={"help": "Sample; False takes the most likely code (greedy)."})
     # ------------------------------------------------------------------ metrics
     metrics: list[str] = field(
-        default_factory=lambda: ["clip_score", "fid"], metadata={"help": f"Any of {METRICS}."}
+        default_factory=lambda: ["clip_score", "fid"],
+        metadata={"help": f"Any of {METRICS}, or a plugin's (`register_metric`; ShapesWorld: 'shapes')."},
     )
     scorer_batch_size: int = field(default=32, metadata={"help": "Images per CLIP / HPS forward."})
     clip_model_name: str = field(
@@ -172,9 +174,10 @@ class EvalArguments(SamplingArguments):
     run_name: str | None = field(default=None, metadata={"help": "Row name in tables; default the policy's name."})
 
     def __post_init__(self):
-        unknown = sorted(set(self.metrics) - set(METRICS))
-        if unknown or not self.metrics:
-            raise ValueError(f"metrics {self.metrics} must be a non-empty subset of {list(METRICS)}.")
+        registered = {name: get_metric(name) for name in self.metrics if name not in METRICS}  # loads plugins
+        if None in registered.values() or not self.metrics:
+            known = [*METRICS, *sorted(EVAL_METRICS)]
+            raise ValueError(f"metrics {self.metrics} must be a non-empty subset of {known}.")
         if self.policy_name_or_path is None and not self.join_only:
             raise ValueError("Set policy_name_or_path to a Hub id or a local directory (e.g. a RankE output_dir).")
         prompt_set = get_prompt_set(self.prompt_set)  # a ValueError naming the known sets
@@ -197,6 +200,9 @@ class EvalArguments(SamplingArguments):
             if metric in self.metrics and self.reference_dataset is None and not _is_file(stats):
                 key = "fid_reference_stats" if metric == "fid" else "shift_reference_histogram"
                 raise ValueError(f"'{metric}' needs real images: set reference_dataset, or {key} to an existing file.")
+        for entry in registered.values():
+            if entry.check is not None:
+                entry.check(self)
 
     @property
     def join_only(self) -> bool:
@@ -293,7 +299,8 @@ def _reduce_fid_side(fid: FIDMetric, accelerator: Accelerator, side: str) -> Non
 
 
 class MetricSuite:
-    """The chosen metrics of one run: `prepare_references()`, `update(...)` per batch, then `compute()`."""
+    """The chosen metrics of one run: `prepare_references()`, `update(...)` per batch, then `compute()`; a plugin's
+    metrics (`metrics_registry.register_metric`) answer the same three calls."""
 
     def __init__(self, args: EvalArguments, codec: VQCodec, accelerator: Accelerator):
         self.args, self.codec, self.accelerator = args, codec, accelerator
@@ -316,6 +323,9 @@ class MetricSuite:
                 raise FileExistsError(f"{folder} holds an earlier GenEval export; delete it or set geneval_output_dir.")
             self.geneval = GenEvalWriter(folder)
         self.reference_meta: dict = {}
+        # A plugin's metrics (`register_metric`), driven through the same three calls as the built-in ones.
+        self.registered = {name: get_metric(name).factory(args, codec, accelerator)
+                           for name in args.metrics if name not in METRICS}
 
     # ------------------------------------------------------------------------------------------ references
     def prepare_references(self) -> None:
@@ -336,6 +346,8 @@ class MetricSuite:
             gt = counted if need_gt else gt
         if self.histogram is not None:
             self.shift = ShiftDiagnostics(gt.counts, self.codec.codebook_size, args.shift_smoothing)
+        for metric in self.registered.values():
+            metric.prepare_references()
 
     def _read_reference_images(self, fid: bool, gt: bool) -> CodeHistogram | None:
         """One pass over the reference images, each process its share: FID real features and/or gt codes."""
@@ -392,6 +404,8 @@ class MetricSuite:
                     path = Path(self.args.output_dir) / "images" / f"{record.name}_{k:02d}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     save_image(image, path)
+        for metric in self.registered.values():
+            metric.update(records, codes, images01)
 
     # ------------------------------------------------------------------------------------------ results
     def compute(self) -> tuple[dict, dict]:
@@ -424,6 +438,13 @@ class MetricSuite:
             images, results = self.geneval.out_dir.resolve(), Path(self.args.output_dir).resolve() / "geneval.jsonl"
             meta["geneval"] = {"export_dir": str(images), "images_per_prompt": self.args.images_per_prompt,
                                "evaluator": GENEVAL_COMMAND.format(images=images, results=results)}
+        for name, metric in self.registered.items():
+            own, own_meta = metric.compute()
+            clash = sorted((own.keys() & metrics.keys()) | (own_meta.keys() & meta.keys()))
+            if clash:
+                raise ValueError(f"The metric {name!r} reports {clash}, as another chosen metric does; choose one.")
+            metrics.update(own)
+            meta.update(own_meta)
         return metrics, meta
 
 
