@@ -58,6 +58,11 @@ class RankEConfig(SamplingArguments, GRPOConfig):
         metadata={"help": "Activation (gradient) checkpointing of the policy's language model (ours: off). "
                   "`gradient_checkpointing` is transformers' deprecated alias."},
     )
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={"help": "Pin the prompt DataLoader's memory. None (default): only when CUDA is available, so a CPU "
+                  "run does not warn that nothing can be pinned; True or False forces it."},
+    )
 
     # ------------------------------------------------------------------ modes
     train_policy: bool = field(
@@ -191,6 +196,8 @@ class RankEConfig(SamplingArguments, GRPOConfig):
         if isinstance(self.rank_gan_temperature, str):
             self.rank_gan_temperature = float(self.rank_gan_temperature)
         self.resolve_sampling()  # before TRL's checks, which read temperature, top_k and top_p
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = torch.cuda.is_available()
         super().__post_init__()
         self._validate_ranke()
 
