@@ -9,11 +9,20 @@ Any recipe key can be overridden on the command line (`--key value`); unknown ke
 """
 
 from ranke_trl import RankEGRPOTrainer
+from ranke_trl.console import enable_console_logging, named_setup_errors
 from ranke_trl.data import load_prompt_dataset
 from ranke_trl.recipes import build_callbacks, build_peft_config, build_policy, build_rewards, parse_recipe
 
 
 def main(argv=None):
+    enable_console_logging()  # RankE's start-up summary and warnings
+    with named_setup_errors():  # a bad recipe, dataset or model: one named line, not a traceback per process
+        trainer, script_args, config = set_up(argv)
+    train(trainer, script_args, config)
+
+
+def set_up(argv=None):
+    """Parse the recipe, load the data and the models, build the trainer: everything that can fail before training."""
     script_args, config = parse_recipe(argv)
     dataset = load_prompt_dataset(
         script_args.dataset_name,
@@ -32,6 +41,10 @@ def main(argv=None):
         processing_class=processor,
         peft_config=build_peft_config(script_args),
     )
+    return trainer, script_args, config
+
+
+def train(trainer, script_args, config):
     for callback in build_callbacks(script_args, config, trainer):  # those of plugins' recipe keys
         trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)

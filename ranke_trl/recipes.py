@@ -137,7 +137,9 @@ class RecipeParser(TrlParser):
         except RecipeError:
             raise
         except (ValueError, TypeError, FileNotFoundError) as error:  # the dataclasses' own validation
-            raise RecipeError(f"Invalid settings in {self.source}: {error}") from error
+            overrides = any(token.startswith("--") for token in argv)
+            where = f"{path} and the command line" if path and overrides else (path or "the command line")
+            raise RecipeError(f"Invalid settings (from {where}): {error}") from error
         finally:
             self.source = "the command line"
 

@@ -75,8 +75,10 @@ def test_unknown_command_line_key_is_named(tmp_path):
 
 
 def test_invalid_value_fails_with_the_reason(tmp_path):
-    with pytest.raises(RecipeError, match="recipe.yaml: guidance_scale must be .*>= 1"):
+    with pytest.raises(RecipeError, match=r"recipe.yaml\): guidance_scale must be .*>= 1"):
         parse_recipe(["--recipe", _write(tmp_path, "bf16: false\nguidance_scale: 0.5\n")])
+    with pytest.raises(RecipeError, match=r"recipe.yaml and the command line\): RankEConfig.lambda_rec must be"):
+        parse_recipe(["--recipe", _write(tmp_path, "bf16: false\n"), "--lambda_rec", "nan"])
 
 
 def test_command_line_overrides_win(tmp_path):
@@ -130,12 +132,14 @@ def test_unknown_prompt_set_lists_the_registered_ones(tmp_path):
         parse_eval_args(["--policy_name_or_path", "x", "--prompt_set", "coco"])
 
 
-def test_recipe_errors_come_before_any_model_loads(tmp_path, monkeypatch):
+def test_recipe_errors_come_before_any_model_loads_as_one_named_line(tmp_path, monkeypatch, capsys):
     import examples_loader
 
     loaded = []
     monkeypatch.setattr("ranke_trl.recipes.build_policy", lambda *a, **k: loaded.append(1))
     main = examples_loader.load("train_janus").main
-    with pytest.raises(RecipeError):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--recipe", _write(tmp_path, "bf16: false\nnum_generation: 4\n")])
-    assert not loaded
+    assert exit_info.value.code == 2 and not loaded
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown recipe key 'num_generation'") and "Traceback" not in err
