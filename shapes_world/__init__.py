@@ -5,7 +5,7 @@ at CPU scale. `make_split` gives `datasets` splits; `ShapesEval` and `shapes_eva
 
 ShapesWorld is a package of its own on top of `ranke_trl`, which knows nothing of it: `plugin.register` (entry point
 `ranke_trl.plugins`) gives its names to the library's registries, as any third-party package would: the policy,
-dataset and prompt set `shapes`, the rewards `shapes_clip` and `shapes_eval`, and the recipe key
+dataset, prompt set and evaluation metric `shapes`, the rewards `shapes_clip` and `shapes_eval`, and the recipe key
 `world_eval_prompts`.
 
 The pretrained components (`pretrain.prepare_shapes_world`, `shapes_policy_path`, `shapes_clip_reward`,
