@@ -72,7 +72,8 @@ class WorldScorer:
         device: where the CLIP runs (None: the CPU).
 
     `scorer(images01, codes, prompts, metadata, shift)` takes images (B, 3, H, W) in [0, 1], their codes (B, N), one
-    prompt and one ShapesEval metadata dict per image, and a `ShiftDiagnostics` holding the ground-truth histogram.
+    prompt and one ShapesEval metadata (a dict or its JSON) per image, and a `ShiftDiagnostics` holding the
+    ground-truth histogram.
     """
 
     def __init__(self, cache_dir=None, device=None):
