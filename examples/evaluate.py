@@ -8,11 +8,14 @@ The same runs as `ranke-trl eval --recipe ...`.
 """
 
 from ranke_trl.cli import parse_eval_args
+from ranke_trl.console import named_setup_errors
 from ranke_trl.evaluation.runner import evaluate
 
 
 def main(argv=None):
-    return evaluate(parse_eval_args(argv))
+    with named_setup_errors():  # a bad recipe: one named line, not a traceback per process
+        args = parse_eval_args(argv)
+    return evaluate(args)
 
 
 if __name__ == "__main__":

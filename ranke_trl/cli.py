@@ -30,9 +30,12 @@ def parse_eval_args(argv: list[str]):
 
 
 def _eval(argv: list[str]) -> int:
+    from .console import named_setup_errors
     from .evaluation.runner import evaluate
 
-    evaluate(parse_eval_args(argv))
+    with named_setup_errors():  # a bad recipe: one named line
+        args = parse_eval_args(argv)
+    evaluate(args)
     return 0
 
 
@@ -58,7 +61,10 @@ def _generate(argv: list[str]) -> int:
             prompts += [line.strip() for line in f if line.strip()]
     if not prompts:
         parser.error("give at least one --prompt or a --prompts_file")
-    pipe = TextToImagePipeline.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    from .console import named_setup_errors
+
+    with named_setup_errors():  # a missing or unsupported model: one named line
+        pipe = TextToImagePipeline.from_pretrained(args.model, dtype=args.dtype, device=args.device)
     sampling = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
     print(f"Sampling: {pipe.describe()} (run defaults; overridden here: "
           f"{', '.join(f'{k}={v}' for k, v in sampling.items() if v is not None) or 'nothing'})")

@@ -1,7 +1,7 @@
 """What the example scripts and `ranke-trl` print: RankE's own log lines, and set-up errors as one named line.
 
 A script's set-up (recipe, dataset, models, trainer) either works or fails with an error that names the problem and
-the fix (`RecipeError`, and the `ValueError`/`TypeError`/`FileNotFoundError` the checks raise). A traceback adds
+the fix (`RecipeError`, and the `ValueError`/`TypeError`/`OSError` the checks and loaders raise). A traceback adds
 nothing to those, and under `accelerate launch` every process would print it again, so `named_setup_errors` prints
 the message once and exits with status 2. Errors during training keep their tracebacks.
 """
@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-SETUP_ERRORS = (ValueError, TypeError, FileNotFoundError)
+SETUP_ERRORS = (ValueError, TypeError, OSError)  # OSError: a missing file, or a Hub id that cannot be fetched
 
 
 def _is_main_process() -> bool:

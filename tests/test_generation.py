@@ -44,3 +44,15 @@ def test_the_generate_command_writes_pngs_and_an_index(tiny_janus_dir, tmp_path,
     assert sorted(p.name for p in out.glob("*.png")) == ["0000_00.png", "0000_01.png", "0001_00.png", "0001_01.png"]
     assert (out / "prompts.txt").read_text().splitlines() == ["0000\ta red square", "0001\ta green triangle"]
     assert "overridden here: top_p=0.5" in capsys.readouterr().out
+
+
+def test_commands_report_set_up_errors_as_one_named_line(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "a red square"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["eval", "--policy_name_or_path", "x", "--max_promts", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error: Unknown recipe key 'max_promts'" in err and "Traceback" not in err

@@ -56,6 +56,12 @@ def backbone_for_checkpoint(name_or_path: str, revision: str | None = None, trus
     """The adapter class for a Hub id or local directory, chosen by its `config.model_type`."""
     from transformers import AutoConfig
 
+    looks_local = os.path.isabs(name_or_path) or name_or_path.startswith(".") or name_or_path.count("/") > 1
+    if looks_local and not os.path.isdir(name_or_path):
+        raise FileNotFoundError(
+            f"No model directory at {name_or_path!r}. Give a local directory with a config.json (e.g. a RankE "
+            "output_dir) or a Hub id such as 'deepseek-community/Janus-Pro-1B'."
+        )
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     if config.model_type not in BACKBONES:
         raise TypeError(
