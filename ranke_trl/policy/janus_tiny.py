@@ -117,6 +117,10 @@ def build_tiny_janus(seed: int = 0, **config_kwargs):
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(tiny_janus_config(**config_kwargs))
     model.eval()
+    # The text config's special tokens are the tokenizer's, so a trainer has nothing to realign (and warns of nothing).
+    text_config = model.config.get_text_config()
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(text_config, name, getattr(tokenizer, name))
     gen = model.generation_config
     gen.bos_token_id = tokenizer.bos_token_id
     gen.eos_token_id = tokenizer.eos_token_id
