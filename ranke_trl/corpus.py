@@ -10,6 +10,7 @@ import logging
 import os
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -113,4 +114,28 @@ def encode_corpus(
     if cache_path:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         save_file({"codes": codes.to(torch.int32)}, cache_path)
+    return codes
+
+
+def stored_codes(dataset, codec, column: str = "gt_codes", limit: int | None = None) -> torch.LongTensor | None:
+    """Ground-truth codes (M, N) read from the dataset's `column` (e.g. the curated set's, `ranke_trl.data.curate`)
+    instead of encoding its images; M is `limit` rows at most.
+
+    None, so that the caller encodes the images itself, when the column is missing, or when its rows are not all
+    `codec.num_tokens` codes in [0, `codec.codebook_size`) (codes of another backbone or resolution).
+    """
+    if dataset is None or column not in getattr(dataset, "column_names", ()):
+        return None
+    rows = len(dataset) if limit is None else min(limit, len(dataset))
+    table = dataset.select_columns([column]).select(range(rows)).with_format("arrow")[:][column]
+    lengths = pc.list_value_length(table).to_numpy(zero_copy_only=False) if rows else np.zeros(0)
+    if rows == 0 or table.null_count or not (lengths == codec.num_tokens).all():
+        logger.info("Column %r does not hold %d codes per row; encoding the images instead.", column, codec.num_tokens)
+        return None
+    codes = torch.from_numpy(pc.list_flatten(table).to_numpy(zero_copy_only=False).astype(np.int64))
+    codes = codes.view(rows, codec.num_tokens)
+    if codes.min() < 0 or codes.max() >= codec.codebook_size:
+        logger.warning("Column %r holds codes outside [0, %d); encoding the images instead.", column,
+                       codec.codebook_size)
+        return None
     return codes

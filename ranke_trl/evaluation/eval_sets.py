@@ -7,7 +7,15 @@ Prompt sets (METHOD.md, Evaluation protocol) are known by name (`register_prompt
   directory, a data folder, a .json/.jsonl/.csv/.parquet file or a registered dataset (MS-COCO 30K captions:
   `sayakpaul/coco-30-val-2014`, column `caption`);
 - `"hps"`: the HPSv2 benchmark subsets (`hps_benchmark.load_hps_benchmark_prompts`);
-- `"geneval"`: GenEval's `evaluation_metadata.jsonl`, one record per line.
+- `"geneval"`: GenEval's `evaluation_metadata.jsonl`, one record per line;
+- `"coco30k"`: the MS-COCO 30K captions (`COCO30K_REPO`, column `caption`), or a local copy of them.
+
+**Fixed sets and their sources** (`EVAL_SET_SOURCES`): GenEval's 553 prompts (GitHub, pinned commit; not on the
+Hub), the HPSv2 benchmark's 800 prompts per style (Hub `zhwang/HPDv2`, `benchmark/*.json`), the COCO-30K captions and
+their val2014 images for FID (Hub `sayakpaul/coco-30-val-2014`). `snapshot_eval_sets(DIR)` (or `python -m
+ranke_trl.evaluation.eval_sets snapshot DIR`) copies them once into a local folder with their revisions, counts and
+hashes, which every loader here reads offline; `eval_set_prompts` reads one set from it, e.g. for the curation's
+leakage filter (`ranke_trl.data.curate`).
 
 Plugins add theirs (ShapesWorld: `"shapes"`, with GenEval-like metadata). Reference image sets (FID's real images,
 the shift diagnostics' ground-truth codes) are `open_dataset` sources with an image column. Both are read lazily:
@@ -16,6 +24,8 @@ only the rows a process needs are decoded.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import zlib
 from collections.abc import Iterator, Sequence
@@ -31,7 +41,7 @@ from ranke_trl.data import open_dataset
 from ranke_trl.plugins import lookup
 
 from .geneval import read_geneval_prompts
-from .hps_benchmark import PAPER_SUBSETS, load_hps_benchmark_prompts
+from .hps_benchmark import HPS_BENCHMARK_REPO, HPS_SUBSETS, PAPER_SUBSETS, load_hps_benchmark_prompts
 
 
 @dataclass(frozen=True)
@@ -159,9 +169,120 @@ def _geneval_prompts(*, source, max_prompts, **_) -> list[PromptRecord]:
     return [PromptRecord(i, row["prompt"], metadata=row) for i, row in enumerate(rows)]
 
 
+# --------------------------------------------------------------------------- fixed sets, their sources, local copies
+
+GENEVAL_COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
+GENEVAL_URL = f"https://raw.githubusercontent.com/djghosh13/geneval/{GENEVAL_COMMIT}/prompts/evaluation_metadata.jsonl"
+GENEVAL_SHA256 = "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13"  # of the file at that commit
+COCO30K_REPO = "sayakpaul/coco-30-val-2014"
+#: name -> where it comes from and how many prompts the full set has (per subset for "hps")
+EVAL_SET_SOURCES = {
+    "geneval": {"source": GENEVAL_URL, "license": "MIT", "prompts": 553},
+    "hps": {"source": f"hf://datasets/{HPS_BENCHMARK_REPO}/benchmark/<subset>.json", "prompts": 800},
+    "coco30k": {"source": f"hf://datasets/{COCO30K_REPO} (split train, column caption; images: column image)",
+                "prompts": 30000},
+}
+#: where `snapshot_eval_sets` puts each set inside its folder
+SNAPSHOT_PATHS = {"geneval": "geneval/evaluation_metadata.jsonl", "hps": "hps", "coco30k": "coco30k"}
+SNAPSHOT_RECORD = "eval_sets.json"
+
+
+def _coco30k_prompts(*, source, max_prompts, seed, **_) -> list[PromptRecord]:
+    """MS-COCO 30K captions: `source` a local copy (a `snapshot_eval_sets` folder's `coco30k/`, or any `open_dataset`
+    source with a `caption` column), or None for the Hub dataset."""
+    dataset = open_dataset(source or COCO30K_REPO, "train", num_rows=max_prompts, seed=seed)
+    _check_column(dataset, "caption", source or COCO30K_REPO, "prompt_dataset")
+    return [PromptRecord(i, str(text)) for i, text in enumerate(dataset.select_columns(["caption"])["caption"])]
+
+
 register_prompt_set("dataset", _dataset_prompts)
 register_prompt_set("hps", _hps_prompts)
 register_prompt_set("geneval", _geneval_prompts, geneval_metadata=True)
+register_prompt_set("coco30k", _coco30k_prompts)
+
+
+def prompts_sha256(prompts: Sequence[str]) -> str:
+    """A fingerprint of a prompt list in order: sha256 of the prompts joined by newlines."""
+    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+
+
+def eval_set_prompts(name: str, root: str | os.PathLike, hps_subsets: Sequence[str] = PAPER_SUBSETS) -> list[str]:
+    """The prompts of evaluation set `name` ("geneval", "hps": the `hps_subsets` in order, "coco30k") from a local
+    copy laid out as `snapshot_eval_sets` writes it, through the prompt-set loaders above."""
+    if name not in SNAPSHOT_PATHS:
+        raise ValueError(f"Unknown evaluation set {name!r}; choose from {sorted(SNAPSHOT_PATHS)}.")
+    path = os.path.join(root, SNAPSHOT_PATHS[name])
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: make a local copy with `python -m ranke_trl.evaluation.eval_sets "
+                                f"snapshot {root}` (needs the network once).")
+    records = load_eval_prompts(name, source=path, hps_subsets=hps_subsets)
+    return [record.prompt for record in records]
+
+
+def snapshot_eval_sets(
+    out_dir: str | os.PathLike, sets: Sequence[str] = tuple(SNAPSHOT_PATHS), hps_revision: str | None = None,
+    coco_revision: str | None = None, with_images: bool = False,
+) -> dict:
+    """Copy the evaluation sets from their sources (`EVAL_SET_SOURCES`) into `out_dir` for offline use; returns and
+    writes `out_dir/eval_sets.json` (source, revision, prompt count and `prompts_sha256` of each).
+
+    GenEval is checked against its pinned hash; all four HPS styles are copied; COCO-30K keeps the captions only
+    unless `with_images` (about 4.9 GB, FID's reference images).
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+
+    record = {}
+    for name in sets:
+        path = os.path.join(out_dir, SNAPSHOT_PATHS[name])
+        if name == "geneval":
+            from urllib.request import urlopen
+
+            with urlopen(GENEVAL_URL, timeout=60) as response:
+                data = response.read()
+            if hashlib.sha256(data).hexdigest() != GENEVAL_SHA256:
+                raise ValueError(f"{GENEVAL_URL} does not have the expected sha256 {GENEVAL_SHA256}.")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            revision = GENEVAL_COMMIT
+        elif name == "hps":
+            revision = HfApi().dataset_info(HPS_BENCHMARK_REPO, revision=hps_revision).sha
+            os.makedirs(os.path.join(path, "benchmark"), exist_ok=True)
+            for subset in HPS_SUBSETS:
+                file = hf_hub_download(HPS_BENCHMARK_REPO, f"benchmark/{subset}.json", repo_type="dataset",
+                                       revision=revision)
+                with open(file, "rb") as src, open(os.path.join(path, "benchmark", f"{subset}.json"), "wb") as dst:
+                    dst.write(src.read())
+        else:
+            from datasets import load_dataset
+
+            revision = HfApi().dataset_info(COCO30K_REPO, revision=coco_revision).sha
+            columns = None if with_images else ["caption"]
+            load_dataset(COCO30K_REPO, split="train", revision=revision, columns=columns).save_to_disk(path)
+        prompts = eval_set_prompts(name, out_dir, HPS_SUBSETS)
+        record[name] = {**EVAL_SET_SOURCES[name], "revision": revision, "count": len(prompts),
+                        "sha256": prompts_sha256(prompts)}
+    with open(os.path.join(out_dir, SNAPSHOT_RECORD), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    return record
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ranke_trl.evaluation.eval_sets",
+                                     description="Copy the evaluation sets into a local folder (network needed once).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    snap = commands.add_parser("snapshot", help="GenEval, HPSv2 benchmark and COCO-30K prompts into DIR.")
+    snap.add_argument("out_dir")
+    snap.add_argument("--sets", nargs="+", default=list(SNAPSHOT_PATHS), choices=list(SNAPSHOT_PATHS))
+    snap.add_argument("--with_images", action="store_true", help="Also COCO-30K's images (FID reference, ~4.9 GB).")
+    args = parser.parse_args(argv)
+    record = snapshot_eval_sets(args.out_dir, args.sets, with_images=args.with_images)
+    for name, info in record.items():
+        print(f"{name}: {info['count']} prompts, revision {info['revision']}, sha256 {info['sha256'][:16]}")
+    return 0
+
 
 
 def iter_image_batches(
@@ -177,3 +298,7 @@ def iter_image_batches(
     for start in range(0, len(indices), batch_size):
         rows = images[list(indices[start : start + batch_size])][column]
         yield torch.stack([image_to_tensor(image, image_size) for image in rows])
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

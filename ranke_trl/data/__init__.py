@@ -8,6 +8,10 @@ A source is, in the order `open_dataset` tries them:
 - a data folder (`load_dataset` infers imagefolder, csv, ...) or a Hub id (`HF_HOME` caches downloads).
 
 `load_prompt_dataset` is `open_dataset` plus the prompt-column check and rename that TRL's trainers need.
+
+The paper's training set (15K BLIP3o-60k pairs with compressed captions and ground-truth codes) is built by
+`python -m ranke_trl.data.curate --recipe recipes/data/blip3o_15k.yaml`; its stages live beside this module
+(`shards`, `filters`, `stratify`, `compress`, `encode`, `publish`) and are imported only by the curation.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from datasets import Dataset, load_dataset, load_from_disk
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from .plugins import lookup
+from ..plugins import lookup
 
 #: `factory(split, num_rows, seed) -> datasets.Dataset`; `num_rows` None means the factory's own default size
 DatasetFactory = Callable[[str, "int | None", int], Dataset]
