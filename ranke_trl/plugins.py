@@ -6,6 +6,7 @@ function registers its names with the library's public registries, exactly as co
 - `ranke_trl.rewards.register_reward(name, factory)`: a reward for `reward_funcs`;
 - `ranke_trl.data.register_dataset(name, factory)`: a dataset for `dataset_name` / `reference_dataset`;
 - `ranke_trl.evaluation.eval_sets.register_prompt_set(name, loader)`: a `prompt_set` of `ranke-trl eval`;
+- `ranke_trl.evaluation.register_metric(name, factory)`: a metric for `ranke-trl eval`'s `metrics`;
 - `ranke_trl.recipes.register_model_source(name, resolver)`: a policy for `model_name_or_path`;
 - `ranke_trl.recipes.register_recipe_extension(name, arguments, callback)`: recipe keys, and a training callback.
 
