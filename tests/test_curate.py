@@ -347,3 +347,20 @@ def test_the_shipped_curation_recipes_parse_to_the_papers_mix(name):
         ["--recipe", os.path.join(repo, "recipes", "data", name)])
     assert sum(requested_counts(args.mix, args.total).values()) == 15000 and args.on_shortfall == "error"
     assert args.compress_model == "Qwen/Qwen2.5-7B-Instruct" and args.compress_max_words == 50
+
+
+def test_push_to_hub_sends_the_dataset_its_card_and_the_manifest(curated, monkeypatch):
+    from huggingface_hub import DatasetCard, HfApi
+
+    from ranke_trl.data.publish import push_dataset
+
+    dataset, args, _ = curated
+    sent = {}
+    monkeypatch.setattr(Dataset, "push_to_hub", lambda self, repo, **kw: sent.update(data=(repo, self.column_names)))
+    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda self, repo, **kw: sent.update(card=(repo, self.content)))
+    monkeypatch.setattr(HfApi, "upload_file", lambda self, **kw: sent.update(manifest=kw))
+    manifest = json.load(open(os.path.join(args.output_dir, "curation_manifest.json")))
+    push_dataset(dataset, manifest, "someone/blip3o-15k")
+    assert sent["data"] == ("someone/blip3o-15k", dataset.column_names)
+    assert sent["card"][0] == "someone/blip3o-15k" and "| journeydb | 4 | 8 | 4 |" in sent["card"][1]
+    assert sent["manifest"]["path_in_repo"] == "curation_manifest.json"
