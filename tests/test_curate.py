@@ -286,7 +286,6 @@ def test_the_same_seed_draws_the_same_rows_and_another_seed_other_rows(
     # the curation: the stratify stage of a fresh run with the same recipe takes the same rows
     args = _args(tmp_path, shards_dir, eval_sets_dir, chat_model_dir, tiny_janus_dir_module)
     run = Curation(args, backend=CountingBackend(chat_model_dir))
-    run.sources = list(MIX)
     filtered = run.filter(run.ingest(), run.eval_prompts())
     taken = run.stratify(filtered, dict(MIX)).dataset["key"]
     assert taken == curated[0]["key"]

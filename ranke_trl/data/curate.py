@@ -69,6 +69,8 @@ class Curation:
         self.store = StageStore(os.path.join(args.output_dir, "stages"), log)
         self.manifest: dict = {}
         self.eval_sets_root: str | None = None
+        self.requested = requested_counts(args.mix, args.total)  # rows asked of each source, in mix order
+        self.sources = [name for name, count in self.requested.items() if count > 0]
 
     # ------------------------------------------------------------------------------------------------ pieces
     def codec(self):
@@ -211,13 +213,11 @@ class Curation:
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> Dataset:
         a = self.args
-        requested = requested_counts(a.mix, a.total)
-        self.sources = [name for name, count in requested.items() if count > 0]
-        self.log(f"[curate] requested rows: {requested}")
+        self.log(f"[curate] requested rows: {self.requested}")
         eval_prompts = self.eval_prompts()
         ingested = self.ingest()
         filtered = self.filter(ingested, eval_prompts)
-        stratified = self.stratify(filtered, requested)
+        stratified = self.stratify(filtered, self.requested)
         compressed = self.compress(stratified, eval_prompts)
         encoded = self.encode(compressed)
         self.manifest = self._manifest(eval_prompts, ingested, filtered, stratified, compressed, encoded)
