@@ -5,8 +5,8 @@ preempt a job; Ctrl-C sends SIGINT).
 flag; at the next step boundary (`on_step_end`, after the decoder phase of that step) every rank agrees on it (an
 all-reduce, so a signal seen by one rank stops all of them together and none hangs in a collective), and the
 trainer saves a full checkpoint and stops. `train()` then raises `TrainingInterrupted`, a `SystemExit` with code
-128 + the signal number (143 for SIGTERM, 130 for SIGINT), after logging how to resume. A second signal stops at
-once, as the signal would without this module, with no checkpoint.
+128 + the signal number (143 for SIGTERM, 130 for SIGINT), after logging how to resume. A second signal, more than
+`REPEAT_WINDOW_S` after the first, stops at once, as the signal would without this module, with no checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A repeat this soon after the first signal is taken for the same one delivered twice (Slurm signals every process of
+# a job step, and torchrun forwards the signal it got to its workers); a later one stops at once.
+REPEAT_WINDOW_S = 5.0
 
 
 class TrainingInterrupted(SystemExit):
@@ -54,6 +58,7 @@ class StopOnSignal(TrainerCallback):
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = device
         self.received = 0  # the signal number this process received (0: none)
+        self.received_at = 0.0
         self.stopped_at_step: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -74,14 +79,16 @@ def stop_on_signals(trainer, signals: tuple[int, ...] = STOP_SIGNALS):
     previous = {}
 
     def handle(signum, frame):
-        if callback.received:  # the second signal: stop now, without a checkpoint
-            before = previous.get(signum)
+        if callback.received:
+            if time.monotonic() - callback.received_at < REPEAT_WINDOW_S:
+                return  # the same stop delivered twice, e.g. by Slurm and by the launcher forwarding it
+            before = previous.get(signum)  # a second signal: stop now, without a checkpoint
             _restore(previous)
             _deliver(signum, before, frame)
             return
-        callback.received = signum
-        logger.warning("Received %s: training stops with a checkpoint at the end of this step (send it again to stop "
-                       "at once, without one).", signal.Signals(signum).name)
+        callback.received, callback.received_at = signum, time.monotonic()
+        logger.warning("Received %s: training stops with a checkpoint at the end of this step (send it again, %gs or "
+                       "more from now, to stop at once without one).", signal.Signals(signum).name, REPEAT_WINDOW_S)
 
     if threading.current_thread() is threading.main_thread():
         previous = {s: signal.signal(s, handle) for s in signals}
@@ -90,13 +97,14 @@ def stop_on_signals(trainer, signals: tuple[int, ...] = STOP_SIGNALS):
     trainer.add_callback(callback)
     try:
         yield callback
+        # train() returned. A signal after the last step boundary may have reached only some ranks: agree again.
+        # (Our handlers stay until the hint is logged: a launcher forwarding the signal late must not cut it off.)
+        signum = signal_on_any_rank(callback.received, callback.device)
+        if signum:
+            raise _interrupted(trainer, signum, callback.stopped_at_step)
     finally:
         _restore(previous)
         trainer.remove_callback(callback)
-    # Reached only when train() returned. A signal after the last step boundary reached only some ranks: agree again.
-    signum = signal_on_any_rank(callback.received, callback.device)
-    if signum:
-        raise _interrupted(trainer, signum, callback.stopped_at_step)
 
 
 def _restore(previous: dict) -> None:

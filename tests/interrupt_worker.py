@@ -2,12 +2,15 @@
 
     python tests/interrupt_worker.py --out DIR --max_steps 4 [--marker_step 1] [--resume true]
                                      [--kill_while_writing ranke_stage2.pt --kill_at_step 2] [--save_steps 1]
+    accelerate launch --config_file recipes/accelerate/ddp.yaml --num_processes 2 tests/interrupt_worker.py \
+        --use_cpu --per_device_train_batch_size 4 --out DIR --marker_step 1
 
 It trains the tiny Janus on the colour squares (CLIP reward, sync'ed EMA reference, a decoder phase every step) in
 `DIR/run`. With `--marker_step k` it creates `DIR/step-k` at the end of step k, so the test knows when training is
 under way and can send its signal. With `--kill_while_writing NAME` the process SIGKILLs itself half-way through
 writing the RankE file NAME of `checkpoint-<kill_at_step>`, as an OOM killer or a node failure would. When training
-completes it writes `DIR/result.pt`: the decoder's state dict and the policy's output layer.
+completes, rank 0 writes `DIR/result.pt` (the decoder, the policy's output layer, the reference's); each rank
+writes its process id to `DIR/pid-<rank>`, and, when a signal stopped it, its exit code to `DIR/exit-<rank>`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for tiny_data 
 from tiny_data import colour_squares  # noqa: E402
 
 from ranke_trl import RankEConfig, RankEGRPOTrainer  # noqa: E402
+from ranke_trl.interrupt import TrainingInterrupted  # noqa: E402
 from ranke_trl.rewards import CLIPReward  # noqa: E402
 from ranke_trl.tiny import build_tiny_janus, build_tiny_janus_processor  # noqa: E402
 
@@ -97,17 +101,30 @@ def main():
     parser.add_argument("--resume", default=None)
     parser.add_argument("--kill_while_writing", default=None, help="ranke_stage2.pt: SIGKILL half-way through it")
     parser.add_argument("--kill_at_step", type=int, default=2)
+    parser.add_argument("--use_cpu", action="store_true", help="under `accelerate launch`: DDP on gloo")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=8)
     known = parser.parse_args()
-    saving = dict(save_strategy="steps", save_steps=known.save_steps, save_total_limit=1) if known.save_steps else {}
-    trainer = build_trainer(os.path.join(known.out, "run"), known.max_steps, **saving)
+    settings = dict(per_device_train_batch_size=known.per_device_train_batch_size, use_cpu=known.use_cpu)
+    if known.save_steps:
+        settings.update(save_strategy="steps", save_steps=known.save_steps, save_total_limit=1)
+    trainer = build_trainer(os.path.join(known.out, "run"), known.max_steps, **settings)
+    rank = trainer.accelerator.process_index
+    with open(os.path.join(known.out, f"pid-{rank}"), "w") as f:
+        f.write(str(os.getpid()))
     if known.marker_step:
         trainer.add_callback(MarkStep(os.path.join(known.out, f"step-{known.marker_step}"), known.marker_step))
     kill = contextlib.nullcontext()
     if known.kill_while_writing == "ranke_stage2.pt":
         kill = mock.patch("torch.save", killed_while_writing(torch.save, known.kill_while_writing, known.kill_at_step))
-    with kill:
-        trainer.train(resume_from_checkpoint=known.resume)
-    torch.save(trained_state(trainer), os.path.join(known.out, "result.pt"))
+    try:
+        with kill:
+            trainer.train(resume_from_checkpoint=known.resume)
+    except TrainingInterrupted as stop:  # record that this rank stopped cleanly, then exit with its code
+        with open(os.path.join(known.out, f"exit-{rank}"), "w") as f:
+            f.write(str(stop.code))
+        raise
+    if rank == 0:
+        torch.save(trained_state(trainer), os.path.join(known.out, "result.pt"))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch
 from interrupt_worker import build_trainer, trained_state
 from transformers import TrainerControl, TrainerState
 
+from ranke_trl import interrupt
 from ranke_trl.interrupt import StopOnSignal, TrainingInterrupted, signal_on_any_rank, stop_on_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,21 +32,29 @@ def run_worker(out, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def interrupt_worker(out, signum: int) -> tuple[int, str]:
-    """Start a worker, send it `signum` once its first step has ended, and return its exit code and output."""
+def interrupt_worker(out, signum: int, launcher: tuple[str, ...] = (sys.executable,), *extra: str,
+                     signalled: str | None = None) -> tuple[int, str]:
+    """Start a worker, send `signum` once its first step has ended, and return the exit code and the output.
+
+    The signal goes to the launched process, or with `signalled="pid-1"` to the process whose id the worker wrote
+    to that file (under `accelerate launch`: rank 1 alone).
+    """
     log_path = out / "log.txt"
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, os.path.join("tests", "interrupt_worker.py"), "--out", str(out),
-               "--max_steps", str(MAX_STEPS), "--marker_step", "1"]
+    command = [*launcher, os.path.join("tests", "interrupt_worker.py"), "--out", str(out),
+               "--max_steps", str(MAX_STEPS), "--marker_step", "1", *extra]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 600
-            while not (out / "step-1").exists():
+            while not (out / "step-1").exists() or (signalled and not (out / signalled).exists()):
                 assert proc.poll() is None, f"the worker ended early:\n{log_path.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "the worker never finished its first step"
                 time.sleep(0.05)
-            proc.send_signal(signum)
+            if signalled:
+                os.kill(int((out / signalled).read_text()), signum)
+            else:
+                proc.send_signal(signum)
             code = proc.wait(timeout=600)
         finally:
             if proc.poll() is None:
@@ -146,12 +155,22 @@ def test_a_signal_asks_for_a_checkpoint_and_a_stop_at_the_next_step_end(tmp_path
     assert previous_sigterm_handler == [], "the first signal is ours alone"
 
 
-def test_a_second_signal_goes_to_the_previous_handler_at_once(tmp_path, previous_sigterm_handler):
+def test_a_second_signal_goes_to_the_previous_handler_at_once(tmp_path, previous_sigterm_handler, monkeypatch):
+    monkeypatch.setattr(interrupt, "REPEAT_WINDOW_S", 0.0)
     with pytest.raises(TrainingInterrupted):
         with stop_on_signals(_stub_trainer(tmp_path)):
             signal.raise_signal(signal.SIGTERM)
             signal.raise_signal(signal.SIGTERM)
             assert previous_sigterm_handler == [signal.SIGTERM]
+
+
+def test_a_repeat_within_seconds_is_the_same_signal_delivered_twice(tmp_path, previous_sigterm_handler):
+    with pytest.raises(TrainingInterrupted) as caught:
+        with stop_on_signals(_stub_trainer(tmp_path)) as callback:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # e.g. from Slurm and again from the launcher
+            callback.on_step_end(None, TrainerState(global_step=2), TrainerControl())
+    assert previous_sigterm_handler == [] and caught.value.checkpoint == str(tmp_path / "checkpoint-2")
 
 
 def test_no_step_boundary_after_the_signal_still_exits_with_its_code(tmp_path, previous_sigterm_handler):
@@ -187,3 +206,25 @@ def test_ranks_agree_to_stop_when_only_one_was_signalled():
     results = mp.Manager().dict()
     mp.spawn(_agree, args=(2, port, results), nprocs=2, join=True)
     assert dict(results) == {0: (True, True, signal.SIGTERM), 1: (True, True, signal.SIGTERM)}
+
+
+@pytest.mark.distributed
+def test_sigterm_to_one_rank_stops_every_rank_with_one_checkpoint(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    accelerate = (os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
+                  os.path.join("recipes", "accelerate", "ddp.yaml"), "--num_processes", "2", "--main_process_port",
+                  str(port))
+    code, output = interrupt_worker(
+        tmp_path, signal.SIGTERM, accelerate, "--use_cpu", "--per_device_train_batch_size", "4", signalled="pid-1"
+    )
+    assert code != 0, output[-3000:]
+    # Rank 0 was not signalled, yet it stopped at the same step boundary, wrote the checkpoint and said so.
+    assert (tmp_path / "exit-0").read_text() == (tmp_path / "exit-1").read_text() == "143", output[-3000:]
+    assert "Training stopped by SIGTERM" in output
+    (checkpoint,) = _checkpoints(tmp_path / "run")
+    for name in ["trainer_state.json", "model.safetensors", "decoder", "ranke_stage2.pt", "ref_model.safetensors"]:
+        assert (tmp_path / "run" / checkpoint / name).exists(), name
