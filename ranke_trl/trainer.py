@@ -43,7 +43,7 @@ from trl.trainer.utils import is_async_callable
 
 from .checkpointing import DECODER_DIR, RankECheckpointing
 from .config import RankEConfig
-from .corpus import CorpusImages, encode_corpus
+from .corpus import CorpusImages, encode_corpus, stored_codes
 from .dataset_checks import check_training_dataset
 from .decoder import DecoderPhase
 from .decoder.phase import resolve_lambda_rbp
@@ -409,13 +409,17 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         return ShiftDiagnostics(histogram.counts, size, args.diagnostics_smoothing)
 
     def corpus_codes(self, limit: int | None = None) -> torch.LongTensor | None:
-        """Ground-truth codes (M, N) of the dataset's corpus images, encoded once by the frozen encoder and cached.
+        """Ground-truth codes (M, N) of the dataset's corpus images: its `gt_codes` column when it holds codes of
+        this codec, else encoded once by the frozen encoder and cached.
 
         None when the training set has no image column.
         """
         if self.corpus is None:
             return None
-        if self._corpus_codes is None or (limit is None and len(self._corpus_codes) < len(self.corpus)):
+        stale = self._corpus_codes is None or (limit is None and len(self._corpus_codes) < len(self.corpus))
+        if stale:  # a curated set's stored `gt_codes` (ranke_trl.data.curate) are used as they are
+            self._corpus_codes = stored_codes(self.corpus.dataset, self.codec, limit=limit)
+        if stale and self._corpus_codes is None:
             cache = os.path.join(self.args.output_dir, "ranke_cache", f"corpus_codes_{limit or 'all'}.safetensors")
             self._corpus_codes = encode_corpus(
                 self.corpus,

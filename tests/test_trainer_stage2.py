@@ -264,3 +264,13 @@ def test_model_card_names_a_hub_base_model_by_id_and_never_a_local_path(tmp_path
         "deepseek-community/Janus-Pro-1B", True)
     name, on_hub = base_model_name(SimpleNamespace(_name_or_path=str(tmp_path / "policy"), model_type="janus"))
     assert not on_hub and str(tmp_path) not in name and "`policy`" in name
+
+
+def test_stored_ground_truth_codes_are_used_instead_of_encoding(tmp_path, tiny_janus, tiny_processor, monkeypatch):
+    dataset = colour_squares()
+    stored = [[i % 256] * 64 for i in range(len(dataset))]
+    dataset = dataset.add_column("gt_codes", stored)
+    monkeypatch.setattr("ranke_trl.trainer.encode_corpus", lambda *a, **k: pytest.fail("re-encoded the images"))
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, dataset=dataset, max_steps=1)
+    trainer.train()
+    assert trainer.corpus_codes().tolist() == stored
