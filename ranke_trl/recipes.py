@@ -93,6 +93,15 @@ class RecipeArguments:
     # Instances of the plugins' recipe sections (`register_recipe_extension`), by name; filled by `parse_recipe`.
     extensions: dict = field(default_factory=dict, init=False, repr=False)
 
+    def __post_init__(self):
+        if self.reward_batch_size < 1:
+            raise ValueError(f"reward_batch_size must be >= 1, got {self.reward_batch_size}.")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples must be >= 1 (or unset for the whole dataset), got "
+                             f"{self.max_train_samples}.")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}.")
+
 
 class RecipeParser(TrlParser):
     """`trl.TrlParser` with strict keys, typed file values, `--recipe FILE` and `RecipeError`s.

@@ -148,3 +148,20 @@ def test_the_hub_token_never_reaches_the_disk(tmp_path, tiny_janus, tiny_process
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "training_args.bin" for p in written)
     assert not [p for p in written if secret.encode() in p.read_bytes()]
+
+
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    from ranke_trl.data import load_prompt_dataset
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b'{"prompt": "a red square"}\n{"prompt": "a caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"prompts.jsonl is not UTF-8 text: line 2"):
+        load_prompt_dataset(str(path))
+
+
+@pytest.mark.parametrize("key, value", [("reward_batch_size", "0"), ("max_train_samples", "0")])
+def test_recipe_arguments_out_of_range_are_refused_by_name(key, value):
+    from ranke_trl.recipes import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match=f"{key} must be >= 1"):
+        parse_recipe(["--bf16", "false", f"--{key}", value])

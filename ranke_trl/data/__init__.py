@@ -40,6 +40,19 @@ class RegisteredDataset:
 
 DATASETS: dict[str, RegisteredDataset] = {}
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _check_utf8(path: str) -> None:
+    """Raise a ValueError naming `path` and the line when a text data file is not valid UTF-8."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path} is not UTF-8 text: line {number}, byte {err.start}: {err.reason}. Re-encode it, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {path} > fixed{os.path.splitext(path)[1]}`."
+                ) from None
 # Files `Dataset.save_to_disk` / `DatasetDict.save_to_disk` write; any other folder is a data folder to load_dataset.
 SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
 
@@ -110,6 +123,8 @@ def open_dataset(
         builder = FILE_BUILDERS.get(os.path.splitext(source)[1])
         if builder is None:
             raise ValueError(f"Cannot read {source}: use a .json, .jsonl, .csv or .parquet file, or a folder.")
+        if builder != "parquet":
+            _check_utf8(source)  # `datasets` would fail later, without naming the file
         dataset = load_dataset(builder, data_files=source, split="train")
     else:  # a data folder or a Hub id
         dataset = load_dataset(source, config, split=split)
