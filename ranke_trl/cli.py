@@ -3,6 +3,7 @@
     ranke-trl generate --model outputs/ranke --prompt "a red square" --output_dir images/   # images from prompts
     ranke-trl eval --recipe recipes/eval_coco.yaml [--key value ...]     # evaluate a trained system
     ranke-trl table runs/std_rl/results.json runs/ranke/results.json     # one Markdown table of several runs
+    ranke-trl curate --recipe recipes/data/blip3o_15k.yaml [--key value ...]   # build the paper's training set
 
 Several processes: `accelerate launch -m ranke_trl.cli eval --recipe ...` (or `examples/evaluate.py`).
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-USAGE = """usage: ranke-trl {generate,eval,table} ...
+USAGE = """usage: ranke-trl {generate,eval,table,curate} ...
 
   generate --model DIR_OR_HUB_ID --prompt TEXT [--prompt TEXT ...] [--output_dir DIR]    PNGs, one call
   eval   --recipe FILE [--key value ...]    generate, score, write <output_dir>/results.json and results.md
   table  RESULTS.json [RESULTS.json ...] [--output FILE]    print one Markdown table of several runs
+  curate --recipe FILE [--key value ...]    ingest, filter, stratify, compress and encode a training set
 """
 
 
@@ -90,9 +92,15 @@ def _table(argv: list[str]) -> int:
     return 0
 
 
+def _curate(argv: list[str]) -> int:
+    from .data.curate import main as curate_main
+
+    return curate_main(argv, prog=("ranke-trl", "curate"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"generate": _generate, "eval": _eval, "table": _table}
+    commands = {"generate": _generate, "eval": _eval, "table": _table, "curate": _curate}
     if not argv or argv[0] not in commands:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

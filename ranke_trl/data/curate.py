@@ -274,12 +274,18 @@ def curate(args: CurationArguments, backend=None, codec=None, command: str | Non
     return Curation(args, backend=backend, codec=codec, command=command).run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: Sequence[str] = ("python", "-m", "ranke_trl.data.curate")) -> int:
+    """`python -m ranke_trl.data.curate` and `ranke-trl curate`: `--recipe FILE` plus `--key value` overrides.
+
+    A bad recipe prints one named line and exits with status 2; `prog` is recorded in the manifest's command.
+    """
+    from ..console import named_setup_errors
     from ..recipes import RecipeParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = RecipeParser((CurationArguments,)).parse_args_and_config(argv)
-    curate(args, command=shlex.join(["python", "-m", "ranke_trl.data.curate", *argv]))
+    with named_setup_errors():
+        (args,) = RecipeParser((CurationArguments,)).parse_args_and_config(argv)
+    curate(args, command=shlex.join([*prog, *argv]))
     return 0
 
 
