@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-CONFIGS = {
-    "tiny": dict(image_size=64, patch_size=8, hidden_size=64, num_layers=2),
-    "mid": dict(image_size=256, patch_size=16, hidden_size=256, num_layers=4),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/shapes.py, also when imported by path
+from shapes import MODEL_SHAPES  # noqa: E402
+
+CONFIGS = MODEL_SHAPES["janus"]
 MEMORY_OPTIONS = {
     "ema_on_cpu": ["ema_device=cpu"],
     "ema_bf16": ["ema_dtype=bfloat16"],

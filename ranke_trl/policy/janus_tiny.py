@@ -6,6 +6,7 @@ scale: 64 px images, 8x8 codes, a codebook of 256 and two-layer transformers.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -61,22 +62,25 @@ def tiny_janus_config(
     hidden_size: int = 64,
     num_layers: int = 2,
     vocab_size: int | None = None,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
     **vq_overrides,
 ):
-    """A `JanusConfig` at test scale: `image_size / patch_size` codes per side, `num_layers` Llama layers."""
+    """A `JanusConfig` at test scale: `image_size / patch_size` codes per side, `num_layers` Llama layers of
+    `num_heads` heads and an MLP of `intermediate_size` (default `2 * hidden_size`); `vq_overrides` go to the VQ."""
     from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
 
     tokenizer_len = len(build_tiny_janus_tokenizer())
     vocab_size = vocab_size or tokenizer_len
-    num_downsamples = int(round(torch.log2(torch.tensor(float(patch_size))).item()))
+    num_downsamples = round(math.log2(patch_size))  # not a tensor: the config may be built on the meta device
     text_config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max(512, (image_size // patch_size) ** 2 + 128),
         pad_token_id=tokenizer_len - len(_EXTRA_TOKENS) - 1,
     )
     vision_config = JanusVisionConfig(

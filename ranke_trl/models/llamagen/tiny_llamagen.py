@@ -36,28 +36,35 @@ def tiny_llamagen_config(
     hidden_size: int = 64,
     num_layers: int = 2,
     caption_dim: int = 32,
+    num_heads: int = 4,
+    intermediate_size: int | None = None,
+    vq_overrides: dict | None = None,
     **overrides,
 ) -> LlamaGenConfig:
-    """A `LlamaGenConfig` at test scale: `grid_size**2` codes per image, `16 * grid_size` px."""
+    """A `LlamaGenConfig` at test scale: `grid_size**2` codes per image, `16 * grid_size` px; `num_layers` layers of
+    `num_heads` heads and an MLP of `intermediate_size` (default `2 * hidden_size`); `vq_overrides` go to the VQ."""
     values = dict(
         text_config=dict(
             hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
+            intermediate_size=intermediate_size or 2 * hidden_size,
             num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            num_key_value_heads=4,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_heads,
             vocab_size=codebook_size,
             max_position_embeddings=120 + grid_size**2,
         ),
-        vq_config=dict(
-            embed_dim=8,
-            num_embeddings=codebook_size,
-            latent_channels=32,
-            base_channels=32,
-            channel_multiplier=[1, 1, 1, 2, 2],
-            num_res_blocks=1,
-            num_patches=grid_size,
-        ),
+        vq_config={
+            **dict(
+                embed_dim=8,
+                num_embeddings=codebook_size,
+                latent_channels=32,
+                base_channels=32,
+                channel_multiplier=[1, 1, 1, 2, 2],
+                num_res_blocks=1,
+                num_patches=grid_size,
+            ),
+            **(vq_overrides or {}),
+        },
         caption_encoder_config=dict(
             vocab_size=len(build_tiny_t5_tokenizer()),
             d_model=caption_dim,
