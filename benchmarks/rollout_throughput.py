@@ -18,6 +18,8 @@ ratio, after checking that both produce identical codes under greedy decoding.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import torch
@@ -27,17 +29,9 @@ from ranke_trl.policy import JanusPolicy
 from ranke_trl.policy.llamagen import LlamaGenPolicy
 from ranke_trl.tiny import build_tiny_janus, build_tiny_janus_tokenizer
 
-# Model sizes per backbone; "mid" is 256 px (16x16 codes) with a 4-layer, 256-wide transformer for both.
-CONFIGS = {
-    "janus": {
-        "tiny": dict(image_size=64, patch_size=8, hidden_size=64, num_layers=2),  # 8x8 codes
-        "mid": dict(image_size=256, patch_size=16, hidden_size=256, num_layers=4),  # 16x16 codes
-    },
-    "llamagen": {
-        "tiny": dict(grid_size=4, hidden_size=64, num_layers=2),  # 64 px, 4x4 codes
-        "mid": dict(grid_size=16, hidden_size=256, num_layers=4),  # 256 px, 16x16 codes
-    },
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/shapes.py, also when imported by path
+from shapes import MODEL_SHAPES as CONFIGS  # noqa: E402  (model sizes per backbone, shared by all benchmarks)
+
 BASELINES = {"janus": "HF generate", "llamagen": "no KV cache"}
 
 
