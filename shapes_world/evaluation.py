@@ -2,20 +2,28 @@
 recipe, and the `shapes` metric of `ranke-trl eval`.
 
 `WorldScorer` measures generated images by the world's own metrics: the world CLIP's score, ShapesFID, ShapesEval
-(overall and per prompt family), the token KL to ground-truth codes and the code entropy (Appendix C), plus two
-diagnostics that split ShapesFID into content and rendering (`rerender_detected`). Three callers use it:
+(overall and per prompt family), the token KL to ground-truth codes and the code entropy (Appendix C), two
+diagnostics that split ShapesFID into content and rendering (`rerender_detected`), and rendering measured directly,
+per image (`rendering.py`: off-palette pixels, paired L1 and SSIM distance to the clean re-render of what ShapesEval
+detects). Three callers use it:
 
 - `WorldEvaluator` samples fixed validation prompts with fixed per-image seeds; the experiment (`experiment.py`) calls
   it every `eval_every` steps, and a training recipe on the `shapes` policy before and after training through
   `world_eval_callback` and the recipe keys of `plugin.WorldEvalArguments` (`world_eval_prompts`, `world_eval_seed`).
 - `WorldEvalMetric` is `ranke-trl eval --metrics shapes` (registered by `plugin.register`): the images the runner
   generates for the `shapes` prompt set, against the real renders of the same prompts.
+
+`decoder_swap` decodes fixed codes with several decoders (the world's original D0, a run's co-evolved `decoder/`)
+and scores each; `ranke-trl eval --metrics shapes shapes_d0` does the same inside an evaluation (`DecoderSwapMetric`):
+the evaluated decoder's images under `shapes`, D0's images of the very same codes under `d0/...`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,7 +34,10 @@ from ranke_trl.diagnostics import CodeHistogram, ShiftDiagnostics
 from ranke_trl.evaluation.clip_score import clip_score_from_cosine
 
 from .data import make_split
-from .pretrain import FID_REFERENCE, load_shapes_fid, read_manifest, shapes_cache_dir, shapes_clip_reward
+from .pretrain import (
+    FID_REFERENCE, load_shapes_fid, load_shapes_vq, read_manifest, shapes_cache_dir, shapes_clip_reward,
+)
+from .rendering import CONFIDENT_COVERAGE, OFF_PALETTE_DISTANCE, rendering_report
 from .scenes import Scene, ShapeSpec, render_scene
 from .shapes_eval import ShapesEval, summarize
 from .vocab import KINDS, SIZES
@@ -37,6 +48,10 @@ if TYPE_CHECKING:
 METRICS = ["clip_score", "shapes_fid", "shapes_eval", "shift/token_kl_bits", "shift/entropy_bits"]
 # Diagnostics that split ShapesFID into what is drawn and how it is rendered (see `rerender_detected`).
 DIAGNOSTICS = ["shapes_fid_content", "unreadable_shapes"]
+# Rendering measured directly, per image, averaged (`rendering.rendering_report`); `render/l1` and
+# `render/ssim_distance` are over confidently detected images, NaN when there is none (and then left out of
+# `ranke-trl eval`'s results, which hold finite numbers only).
+RENDERING = ["render/off_palette", "render/l1", "render/ssim_distance", "render/confident"]
 
 
 def rerender_detected(images01: torch.Tensor, shapes_eval: ShapesEval) -> tuple[torch.Tensor, float]:
@@ -46,6 +61,9 @@ def rerender_detected(images01: torch.Tensor, shapes_eval: ShapesEval) -> tuple[
     the size nearest its bounding box, at its bounding-box centre. ShapesFID on these re-renders measures *what* a
     model draws (content) with rendering quality removed; objects of unknown kind (blobs, smears) are left out and
     counted instead, a measure of rendering failures.
+
+    Its centre, `round((x0 + x1) / 2)`, can sit one pixel off a clean render's (`rendering.rerender_object` inverts
+    the renderer exactly); harmless to a FID, and kept so that content FID keeps the values published with it.
     """
     renders, unreadable, total = [], 0, 0
     for image in images01:
@@ -64,7 +82,7 @@ def rerender_detected(images01: torch.Tensor, shapes_eval: ShapesEval) -> tuple[
 
 
 class WorldScorer:
-    """The world's metrics of a set of generated images: metric name -> value (see `METRICS` and `DIAGNOSTICS`).
+    """The world's metrics of a set of generated images: metric name -> value (`METRICS`, `DIAGNOSTICS`, `RENDERING`).
 
     Args:
         cache_dir: the ShapesWorld cache (None: the default, see `pretrain.shapes_cache_dir`); it holds the CLIP and
@@ -73,7 +91,7 @@ class WorldScorer:
 
     `scorer(images01, codes, prompts, metadata, shift)` takes images (B, 3, H, W) in [0, 1], their codes (B, N), one
     prompt and one ShapesEval metadata (a dict or its JSON) per image, and a `ShiftDiagnostics` holding the
-    ground-truth histogram.
+    ground-truth histogram (None: no `shift/*` keys; the codes are then unused).
     """
 
     def __init__(self, cache_dir=None, device=None):
@@ -82,7 +100,7 @@ class WorldScorer:
         self.shapes_eval = ShapesEval()
 
     @torch.no_grad()
-    def __call__(self, images01, codes, prompts, metadata, shift: ShiftDiagnostics) -> dict[str, float]:
+    def __call__(self, images01, codes, prompts, metadata, shift: ShiftDiagnostics | None) -> dict[str, float]:
         cos = self.clip.score(images01, prompts)
         self.fid.reset_fake()
         self.fid.update_fake(images01)
@@ -93,6 +111,7 @@ class WorldScorer:
         self.fid.update_fake(rerendered)
         content_fid = self.fid.compute()
         summary = summarize(evaluated)
+        rendering = rendering_report(images01, self.shapes_eval)["means"]
         return {
             "clip_score": float(clip_score_from_cosine(cos).mean()),
             "shapes_fid": shapes_fid,
@@ -100,7 +119,8 @@ class WorldScorer:
             "shapes_fid_content": content_fid,
             "unreadable_shapes": unreadable,
             **{f"shapes_eval/{k}": v for k, v in summary["per_family"].items()},
-            **shift(codes),
+            **{f"render/{k}": v for k, v in rendering.items()},
+            **(shift(codes) if shift is not None else {}),
         }
 
 
@@ -195,10 +215,11 @@ class WorldEvalMetric:
 
     Keys: `shapes_clip_score` (the world CLIP's `100 * max(cos, 0)`, not the ViT-L/14 `clip_score`), `shapes_fid` and
     `shapes_fid_content` (against the cache's validation statistics), `unreadable_shapes`, `shapes_eval` (GenEval's
-    overall) and `shapes_eval/<family>`, and `shift/token_kl_bits`, `shift/entropy_bits`, `shift/gt_entropy_bits`
-    by the Appendix C protocol: every policy code of the run against the ground-truth codes of the same prompts' real
-    renders, encoded by the evaluated VQ. Each process keeps its images; `compute` gathers them and scores all of
-    them on every process, which is cheap at ShapesWorld's 64 px.
+    overall) and `shapes_eval/<family>`, the rendering measures `render/off_palette`, `render/l1`,
+    `render/ssim_distance`, `render/confident` (`RENDERING`, `RENDERING_META`), and `shift/token_kl_bits`,
+    `shift/entropy_bits`, `shift/gt_entropy_bits` by the Appendix C protocol: every policy code of the run against
+    the ground-truth codes of the same prompts' real renders, encoded by the evaluated VQ. Each process keeps its
+    images; `compute` gathers them and scores all of them on every process, which is cheap at ShapesWorld's 64 px.
     """
 
     def __init__(self, args, codec, accelerator):
@@ -238,7 +259,7 @@ class WorldEvalMetric:
         shift = ShiftDiagnostics(CodeHistogram(size).update(gt_codes).counts, size, self.args.shift_smoothing)
         metrics = self.scorer(images, codes, joined["prompts"], joined["metadata"], shift)
         metrics["shapes_clip_score"] = metrics.pop("clip_score")
-        return metrics, self._meta(shift, len(images), len(gt_codes))
+        return _finite(metrics), self._meta(shift, len(images), len(gt_codes))
 
     def _meta(self, shift: ShiftDiagnostics, num_images: int, num_real: int) -> dict:
         root = shapes_cache_dir()
@@ -251,6 +272,7 @@ class WorldEvalMetric:
             "shapes_fid": fid,
             "shapes_fid_content": {**fid, "fake": "clean re-renders of the shapes ShapesEval reads in each image"},
             "unreadable_shapes": {"what": "fraction of detected objects whose kind ShapesEval cannot read"},
+            "render": RENDERING_META,
             "shapes_eval": {"scorer": "ShapesEval (shapes_world/shapes_eval.py), GenEval's rules",
                             "overall": "mean over prompt families of the fraction of images judged correct",
                             "num_images": num_images},
@@ -258,3 +280,111 @@ class WorldEvalMetric:
                       "reference": f"ground-truth codes of the {num_real} prompts' real renders, encoded by the "
                                    "evaluated VQ (Appendix C)"},
         }
+
+
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` without NaN values (render/l1 and render/ssim_distance when no image is confidently detected)."""
+    return {key: value for key, value in metrics.items() if math.isfinite(value)}
+
+
+RENDERING_META = {
+    "off_palette": f"mean fraction of pixels farther than {OFF_PALETTE_DISTANCE:.4f} (RGB in [0, 1]) from every "
+                   "palette colour and the background; 0 on clean renders",
+    "l1": "mean |image - clean re-render of the scene ShapesEval detects|, over confidently detected images; "
+          "objects of unreadable kind are re-rendered as background, so they count in full as error",
+    "ssim_distance": "1 - SSIM (torchmetrics, Gaussian 11x11, sigma 1.5, data range 1; no learned weights) against "
+                     "the same re-render, over confidently detected images",
+    "confident": f"fraction of images whose detected objects explain >= {CONFIDENT_COVERAGE:.0%} of their painted "
+                 "pixels (the images l1 and ssim_distance are averaged over; both absent when it is 0)",
+    "code": "shapes_world/rendering.py",
+}
+
+
+# --- decoder swap: the same codes through two decoders ------------------------------------------------------------
+
+
+def world_decoder(cache_dir=None, device=None):
+    """D0, the world's original VQ decoder (`<cache>/vq`, the one every policy starts with), as a `VQCodec`."""
+    from ranke_trl.policy.janus import JanusVQCodec
+
+    return JanusVQCodec(load_shapes_vq(cache_dir, prepare=False).to(device or "cpu"))
+
+
+def run_decoder(run_dir, device=None):
+    """The co-evolved decoder a RankE run saved (`<run_dir>/decoder`, or `run_dir` itself), as a `VQCodec`."""
+    from transformers import JanusVQVAE
+
+    from ranke_trl.checkpointing import DECODER_DIR
+    from ranke_trl.policy.janus import JanusVQCodec
+
+    folder = Path(run_dir) / DECODER_DIR if (Path(run_dir) / DECODER_DIR).is_dir() else Path(run_dir)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"No decoder in {run_dir}: expected {Path(run_dir) / DECODER_DIR}/ (a RankE output "
+                                "directory) or a VQ saved with save_pretrained.")
+    return JanusVQCodec(JanusVQVAE.from_pretrained(folder).eval().to(device or "cpu"))
+
+
+@torch.no_grad()
+def decoder_swap(codes, prompts, metadata, decoders: dict, scorer: WorldScorer | None = None,
+                 batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Decode the same codes (B, N) with each decoder and score the images: decoder name -> metrics.
+
+    `decoders` maps a name to a `VQCodec`, e.g. `{"D0": world_decoder(), "co-evolved": run_decoder(run_dir)}`.
+    Each entry holds `WorldScorer`'s metrics but the `shift/*` keys (the codes, hence the token KL, are shared):
+    the rendering measures `render/*`, ShapesFID, ShapesEval, content FID, unreadable shapes and the CLIP score.
+    What changes between entries is the decoder alone, not where the policy drifted.
+    """
+    scorer = scorer or WorldScorer()
+    results = {}
+    for name, codec in decoders.items():
+        device = next(codec.module.parameters()).device
+        images = codec.decode_images(codes.to(device), batch_size).cpu()
+        results[name] = scorer(images, codes, prompts, metadata, None)
+    return results
+
+
+def _same_weights(a, b) -> bool:
+    first, second = a.state_dict(), b.state_dict()
+    return first.keys() == second.keys() and all(torch.equal(first[k].cpu(), second[k].cpu()) for k in first)
+
+
+class DecoderSwapMetric(WorldEvalMetric):
+    """`ranke-trl eval --metrics shapes shapes_d0`: the world's metrics of the evaluated codes decoded by D0 instead.
+
+    Every batch's codes (sampled by the evaluated policy with the run's seeds) are decoded again by the world's
+    original decoder D0 and scored as `WorldScorer` does, under `d0/<key>` (`d0/render/l1`, `d0/shapes_fid`,
+    `d0/shapes_eval`, ...; no `shift/*`, which depends on the codes alone). Next to the `shapes` metric, which scores
+    the evaluated decoder's images of the same codes, this separates what the decoder does from where the policy
+    drifts. Give the evaluation a co-evolved decoder with `decoder_name_or_path` (`decoder_subfolder: decoder`) to
+    decode another run's codes with it.
+    """
+
+    def prepare_references(self) -> None:
+        super().prepare_references()
+        self.d0 = world_decoder(device=self.accelerator.device)
+
+    @torch.no_grad()
+    def update(self, records, codes: torch.LongTensor, images01: torch.Tensor) -> None:
+        per = self.args.images_per_prompt
+        self.parts["images"].append(self.d0.decode_images(codes.to(self.accelerator.device)).cpu())
+        self.parts["codes"].append(codes.cpu())
+        self.parts["prompts"] += [record.prompt for record in records for _ in range(per)]
+        self.parts["metadata"] += [record.metadata for record in records for _ in range(per)]
+
+    def compute(self) -> tuple[dict[str, float], dict]:
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([self.parts])
+        joined = {key: [item for part in gathered for item in part[key]] for key in self.parts}
+        images, codes = torch.cat(joined["images"]), torch.cat(joined["codes"])
+        metrics = self.scorer(images, codes, joined["prompts"], joined["metadata"], None)
+        metrics["shapes_clip_score"] = metrics.pop("clip_score")
+        root = shapes_cache_dir()
+        meta = {"d0": {
+            "decoder": f"the world's original VQ decoder D0 ({root / 'vq'})",
+            "codes": "the evaluated policy's codes, the same ones the other metrics score",
+            "same_as_evaluated_decoder": _same_weights(self.d0.module, self.codec.module),
+            "keys": "as the 'shapes' metric's, on D0's images (no shift/*); render/* as in meta['render']",
+            "num_images": len(images),
+        }}
+        return {f"d0/{key}": value for key, value in _finite(metrics).items()}, meta

@@ -1,12 +1,16 @@
 """ShapesWorld as a `ranke_trl` plugin: what its names mean in recipes, registered through the library's public
 registries exactly as a third-party package would (`setup.py`: entry point `ranke_trl.plugins`).
 
-- policy `shapes` (`model_name_or_path`): the SFT'd tiny Janus of the prepared world (`pretrain.shapes_policy_path`);
+- policy `shapes` (`model_name_or_path`): the SFT'd tiny Janus of the prepared world (`pretrain.shapes_policy_path`),
+  or its tiny LlamaGen with the recipe key `shapes_backbone: llamagen`;
 - dataset `shapes` (`dataset_name`, `reference_dataset`): `make_split` rows, 4096 by default, split "test" when
   none is named;
 - rewards `shapes_clip` (the world's CLIP) and `shapes_eval` (ShapesEval's partial credit, a black box);
 - prompt set `shapes` (`ranke-trl eval`): the test split, 64 prompts by default, with GenEval-like metadata;
-- metric `shapes` (`ranke-trl eval`): the world's own metrics on those prompts (`evaluation.WorldEvalMetric`);
+- metric `shapes` (`ranke-trl eval`): the world's own metrics on those prompts (`evaluation.WorldEvalMetric`),
+  rendering measures included (`render/*`, `rendering.py`);
+- metric `shapes_d0` (`ranke-trl eval`): the same metrics of the same codes decoded by the world's original decoder
+  D0, under `d0/*` (`evaluation.DecoderSwapMetric`), the decoder swap;
 - recipe keys `world_eval_prompts`, `world_eval_seed` and their before/after report (`evaluation.py`).
 
 Each name imports the heavy parts (open_clip, the cache) only when it is used.
@@ -19,6 +23,24 @@ from dataclasses import dataclass, field
 
 DEFAULT_TRAIN_ROWS = 4096
 DEFAULT_PROMPTS = 64
+
+
+@dataclass
+class WorldPolicyArguments:
+    """Recipe key choosing which of the world's SFT'd policies `model_name_or_path: shapes` names."""
+
+    shapes_backbone: str = field(
+        default="janus",
+        metadata={
+            "help": "ShapesWorld plugin. The architecture of the policy `model_name_or_path: shapes` loads: 'janus' "
+            "(the world's tiny Janus) or 'llamagen' (a tiny LlamaGen SFT'd on the same codes, with the world's VQ "
+            "and its own frozen T5 caption encoder; prepared once, on first use, beside the Janus one)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.shapes_backbone not in ("janus", "llamagen"):
+            raise ValueError(f"shapes_backbone={self.shapes_backbone!r}: choose 'janus' or 'llamagen'.")
 
 
 @dataclass
@@ -43,7 +65,9 @@ class WorldEvalArguments:
 def _policy(script_args, config):
     from .pretrain import shapes_policy_path
 
-    return shapes_policy_path(), None  # prepared and cached on first use; the trainer loads it
+    chosen = getattr(script_args, "extensions", {}).get("shapes_world_policy")  # absent in SFT recipes
+    backbone = chosen.shapes_backbone if chosen is not None else "janus"
+    return shapes_policy_path(backbone=backbone), None  # prepared and cached on first use; the trainer loads it
 
 
 def _dataset(split: str, num_rows: int | None, seed: int):
@@ -70,6 +94,12 @@ def _world_metric(args, codec, accelerator):
     from .evaluation import WorldEvalMetric
 
     return WorldEvalMetric(args, codec, accelerator)
+
+
+def _decoder_swap_metric(args, codec, accelerator):
+    from .evaluation import DecoderSwapMetric
+
+    return DecoderSwapMetric(args, codec, accelerator)
 
 
 def _check_world_metric(args) -> None:
@@ -114,4 +144,6 @@ def register() -> None:
     register_reward("shapes_eval", _shapes_eval)
     register_prompt_set("shapes", _prompts, geneval_metadata=True)
     register_metric("shapes", _world_metric, check=_check_world_metric)
+    register_metric("shapes_d0", _decoder_swap_metric, check=_check_world_metric)
     register_recipe_extension("shapes_world", WorldEvalArguments, _world_eval_callback)
+    register_recipe_extension("shapes_world_policy", WorldPolicyArguments)
