@@ -1,8 +1,10 @@
 """Train and cache ShapesWorld's pretrained components: the ShapesFID feature net, the VQ tokenizer, the
-`shapes_clip` reward and the SFT'd tiny Janus policy (see `shapes_world/pretrain.py`).
+`shapes_clip` reward and the SFT'd tiny Janus policy (see `shapes_world/pretrain.py`); with `--backbone llamagen`,
+also a tiny LlamaGen policy SFT'd on the same codes (`shapes_world/llamagen_policy.py`).
 
     python examples/prepare_shapes_world.py                 # full preparation, ~20 min on 2 CPU cores
     python examples/prepare_shapes_world.py --tiny          # seconds; poor models, for tests and smoke runs
+    python examples/prepare_shapes_world.py --backbone llamagen   # adds the LlamaGen policy, ~4-5 min more
     RANKE_SHAPES_CACHE=/data/shapes python examples/prepare_shapes_world.py --seed 1 --force
 
 A second run reuses the cache. Recipes then say `model_name_or_path: shapes` and `reward_funcs: [shapes_clip]`.
@@ -12,7 +14,7 @@ import argparse
 import json
 import os
 
-from shapes_world.pretrain import CACHE_ENV, prepare_shapes_world, read_manifest, shapes_cache_dir
+from shapes_world.pretrain import BACKBONES, CACHE_ENV, prepare_shapes_world, read_manifest, shapes_cache_dir
 
 
 def main():
@@ -22,9 +24,12 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="Seconds-long training of small models, for tests.")
     parser.add_argument("--seed", type=int, default=0, help="Seeds the data, initialisations and batch orders.")
     parser.add_argument("--force", action="store_true", help="Retrain everything, replacing the cache.")
+    parser.add_argument("--backbone", choices=BACKBONES, default="janus",
+                        help="'llamagen' also prepares the LlamaGen policy (policy_llamagen/); the rest is reused.")
     args = parser.parse_args()
 
-    root = prepare_shapes_world(cache_dir=args.cache_dir, tiny=args.tiny, seed=args.seed, force=args.force)
+    root = prepare_shapes_world(cache_dir=args.cache_dir, tiny=args.tiny, seed=args.seed, force=args.force,
+                                backbone=args.backbone)
     manifest = read_manifest(root)
     print(f"ShapesWorld cache: {root}")
     for stage, record in manifest["stages"].items():

@@ -10,6 +10,8 @@ files, so it loads through the same code as a Hub model:
   `CLIPReward("local-dir:<cache>/clip", pretrained=None)`.
 - `policy/`: a tiny Janus after image-token SFT (`ranke_trl.sft`) on the VQ's codes, with the VQ inside and its
   processor; `JanusForConditionalGeneration.from_pretrained` and `AutoProcessor.from_pretrained`.
+- `policy_llamagen/` (only with `backbone="llamagen"`, an extra stage after the four): a tiny LlamaGen after the same
+  SFT, with the world's VQ and its own caption encoder (`llamagen_policy.py`); `LlamaGenForImageGeneration`.
 
 `features/shapes_fid_reference.safetensors` holds ShapesFID statistics of real validation images
 (`FIDMetric.load_reference`). `manifest.json` records the seed, command, versions, sizes, wall times and quality.
@@ -109,6 +111,11 @@ TINY = ShapesWorldSettings(
     policy_num_layers=2,
     sft=ImageTokenSFTConfig(num_train_steps=2, batch_size=8, learning_rate=1e-3),
 )
+
+
+BACKBONES = ("janus", "llamagen")  # the architectures of the world's SFT'd policy
+LLAMAGEN_STAGE = "policy_llamagen"
+LLAMAGEN_ESTIMATE = {False: "about 4-5 min on 2 cores", True: "seconds"}  # keyed by `tiny`
 
 
 def shapes_cache_dir(cache_dir: str | os.PathLike | None = None, tiny: bool = False) -> Path:
@@ -346,11 +353,14 @@ def prepare_shapes_world(
     seed: int = 0,
     force: bool = False,
     show_progress: bool = True,
+    backbone: str = "janus",
 ) -> str:
     """Train and cache whatever ShapesWorld component is missing; returns the cache folder.
 
     Stages run in order (features -> vq -> clip -> policy); the first missing one and every later one (which depend
-    on it) are trained, the earlier ones loaded. A complete cache returns at once, silently.
+    on it) are trained, the earlier ones loaded. A complete cache returns at once, silently. `backbone="llamagen"`
+    then adds the LlamaGen policy (`policy_llamagen/`) if it is missing, loading the rest: an existing world gains it
+    without retraining anything else.
 
     Args:
         cache_dir: the cache folder (see `shapes_cache_dir` for the default).
@@ -358,17 +368,23 @@ def prepare_shapes_world(
         seed: seeds the data, the initialisations and the batch orders.
         force: retrain everything, replacing the cache.
         show_progress: print the banner, the `stage k/4` lines and the progress bars.
+        backbone: "janus" (the world's own policy, always prepared) or "llamagen" (also `policy_llamagen/`).
 
     Raises:
         ValueError: if the cache was prepared with another seed, size or settings; pass `force=True` or another
             `cache_dir`.
     """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone={backbone!r}: ShapesWorld prepares a policy of architecture {BACKBONES}.")
     root = shapes_cache_dir(cache_dir, tiny)
     root.mkdir(parents=True, exist_ok=True)
     # One preparer at a time: under `accelerate launch` every rank asks for the cache, and the others must wait
     # for it rather than train their own copy.
     with FileLock(str(root / ".prepare.lock")):
-        return _prepare(root, TINY if tiny else FULL, tiny, seed, force, show_progress)
+        _prepare(root, TINY if tiny else FULL, tiny, seed, force, show_progress)
+        if backbone == "llamagen":
+            _prepare_llamagen(root, TINY if tiny else FULL, tiny, seed, show_progress)
+        return str(root)
 
 
 def _say(show: bool, text: str) -> None:
@@ -437,6 +453,52 @@ def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, f
     return str(root)
 
 
+def _llamagen_settings(tiny: bool):
+    from .llamagen_policy import LLAMAGEN_FULL, LLAMAGEN_TINY
+
+    return LLAMAGEN_TINY if tiny else LLAMAGEN_FULL
+
+
+def _llamagen_complete(root: Path, manifest: dict | None, tiny: bool) -> bool:
+    """The LlamaGen stage is cached, with the settings this code would train it with."""
+    settings = json.loads(json.dumps(asdict(_llamagen_settings(tiny))))
+    return _complete(root, manifest, LLAMAGEN_STAGE) and manifest["stages"][LLAMAGEN_STAGE]["settings"] == settings
+
+
+def _prepare_llamagen(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, show_progress: bool) -> None:
+    """The extra stage on a prepared world: train and save `policy_llamagen/` unless it is cached; its record and
+    headline figures join the manifest. It depends on the feature net, the VQ and the CLIP: a world whose stages are
+    retrained drops the record (the manifest is rebuilt), and the next request trains it again."""
+    from .llamagen_policy import train_llamagen_policy
+
+    manifest = read_manifest(root)
+    if _llamagen_complete(root, manifest, tiny):
+        return
+    llamagen = _llamagen_settings(tiny)
+    _say(show_progress, f"Preparing ShapesWorld's LlamaGen policy into {root / LLAMAGEN_STAGE} (the other stages are "
+                        f"cached): a caption encoder, then image-token SFT, {LLAMAGEN_ESTIMATE[tiny]}")
+    start = time.perf_counter()
+    world = _World(settings, seed, show_progress)
+    net = ShapesAttributeNet.from_pretrained(root / "features")
+    vq = JanusVQVAE.from_pretrained(root / "vq").eval()
+    reward = shapes_clip_reward(root, prepare=False)
+    _, record = train_llamagen_policy(settings, llamagen, seed, world, root, show_progress, net, vq, reward)
+    disk = sum(f.stat().st_size for f in (root / LLAMAGEN_STAGE).rglob("*") if f.is_file())
+    manifest["stages"][LLAMAGEN_STAGE] = {
+        "settings": json.loads(json.dumps(asdict(llamagen))), **record, "disk_mb": round(disk / 2**20, 2),
+        "wall_s": round(time.perf_counter() - start, 1),  # its data and loading included
+    }
+    quality = record["quality"]
+    manifest["quality"].update({
+        "llamagen_sft_eval_loss": quality["sft_eval_loss"],
+        "llamagen_sft_samples_shapes_eval_accuracy": quality["samples_shapes_eval"]["accuracy"],
+        "llamagen_sft_samples_shapes_fid": quality["samples_shapes_fid"],
+    })
+    _write_manifest(root, manifest)
+    _say(show_progress, f"ShapesWorld's LlamaGen policy prepared in {manifest['stages'][LLAMAGEN_STAGE]['wall_s']} s: "
+                        f"{root / LLAMAGEN_STAGE}")
+
+
 def _headline(stages: dict) -> dict:
     """The figures that say whether the world is usable for RL, gathered from the stage records."""
     vq, clip, policy = (stages[name]["quality"] for name in ("vq", "clip", "policy"))
@@ -459,23 +521,33 @@ def _component(cache_dir, name: str, prepare: bool) -> Path:
     """The folder of one component, preparing the cache (with its recorded seed and size) when it is missing."""
     root = shapes_cache_dir(cache_dir)
     manifest = read_manifest(root)
-    if not _complete(root, manifest, name):
-        if not prepare:
-            raise FileNotFoundError(
-                f"No ShapesWorld {name!r} in {root}. Run `python examples/prepare_shapes_world.py` (or "
-                "`prepare_shapes_world()`), or pass prepare=True."
-            )
-        identity = (manifest or {}).get("identity", {})
-        prepare_shapes_world(root, tiny=identity.get("tiny", False), seed=identity.get("seed", 0))
+    identity = (manifest or {}).get("identity", {})
+    tiny, seed = identity.get("tiny", False), identity.get("seed", 0)
+    backbone = "llamagen" if name == LLAMAGEN_STAGE else "janus"
+    complete = _llamagen_complete(root, manifest, tiny) if backbone == "llamagen" else _complete(root, manifest, name)
+    if complete:
+        return root / name
+    if not prepare:
+        how = ("`python examples/prepare_shapes_world.py --backbone llamagen` (or "
+               "`prepare_shapes_world(backbone='llamagen')`)") if backbone == "llamagen" else (
+               "`python examples/prepare_shapes_world.py` (or `prepare_shapes_world()`)")
+        raise FileNotFoundError(f"No ShapesWorld {name!r} in {root}. Run {how}, or pass prepare=True.")
+    prepare_shapes_world(root, tiny=tiny, seed=seed, backbone=backbone)
     return root / name
 
 
-def shapes_policy_path(cache_dir: str | os.PathLike | None = None, prepare: bool = True) -> str:
-    """The folder of the SFT'd tiny Janus (VQ attached) and its processor, for `from_pretrained`.
+def shapes_policy_path(
+    cache_dir: str | os.PathLike | None = None, prepare: bool = True, backbone: str = "janus"
+) -> str:
+    """The folder of the world's SFT'd policy (VQ attached) and its processor, for `from_pretrained`.
 
-    This is what a recipe's `model_name_or_path: shapes` resolves to; it prepares the cache if `prepare` is True.
+    `backbone="janus"`: the tiny Janus (`policy/`), what a recipe's `model_name_or_path: shapes` resolves to;
+    `"llamagen"`: the tiny LlamaGen (`policy_llamagen/`), with `shapes_backbone: llamagen`. It prepares what is
+    missing if `prepare` is True.
     """
-    return str(_component(cache_dir, "policy", prepare))
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone={backbone!r}: the world's policies are {BACKBONES}.")
+    return str(_component(cache_dir, LLAMAGEN_STAGE if backbone == "llamagen" else "policy", prepare))
 
 
 def shapes_clip_reward(cache_dir: str | os.PathLike | None = None, prepare: bool = True, **kwargs):
@@ -502,6 +574,7 @@ def load_shapes_fid(cache_dir: str | os.PathLike | None = None, prepare: bool = 
 
 
 __all__ = [
+    "BACKBONES",
     "CACHE_ENV",
     "FULL",
     "TINY",
