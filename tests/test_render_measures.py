@@ -169,8 +169,8 @@ def test_d0s_render_change_grows_with_the_fraction_of_unusual_codes(tiny_world):
 
 
 @pytest.mark.slow
-def test_the_same_decoder_twice_gives_identical_results_and_another_decoder_does_not(tiny_world):
-    from shapes_world.evaluation import WorldScorer, decoder_swap, world_decoder
+def test_the_same_decoder_twice_gives_identical_results_and_another_decoder_does_not(tiny_world, tmp_path):
+    from shapes_world.evaluation import WorldScorer, decoder_swap, run_decoder, world_decoder
 
     scenes = sample_scenes("validation", 6, seed=0)
     d0 = world_decoder(tiny_world)
@@ -179,14 +179,24 @@ def test_the_same_decoder_twice_gives_identical_results_and_another_decoder_does
     with torch.no_grad():
         for parameter in other.decoder_parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    other.save_pretrained(tmp_path / "run" / "decoder")  # as a RankE run saves its co-evolved decoder
     prompts, metadata = [s.prompt for s in scenes], [s.metadata for s in scenes]
-    results = decoder_swap(codes, prompts, metadata, {"D0": d0, "again": d0, "other": other}, WorldScorer(tiny_world))
+    decoders = {"D0": d0, "again": d0, "other": other, "saved": run_decoder(tmp_path / "run")}
+    results = decoder_swap(codes, prompts, metadata, decoders, WorldScorer(tiny_world))
     assert results["D0"].keys() == results["again"].keys()
     assert all(np.isclose(value, results["again"][key], rtol=0, atol=0, equal_nan=True)
                for key, value in results["D0"].items())
     assert {"render/off_palette", "render/confident", "shapes_fid", "shapes_eval"} <= set(results["D0"])
     assert not any(key.startswith("shift/") for key in results["D0"])  # the codes are shared: no token KL
     assert results["other"]["render/off_palette"] != results["D0"]["render/off_palette"]
+    assert results["saved"]["shapes_fid"] == pytest.approx(results["other"]["shapes_fid"])
+
+
+def test_a_run_without_a_decoder_is_named(tmp_path):
+    from shapes_world.evaluation import run_decoder
+
+    with pytest.raises(FileNotFoundError, match="expected .*decoder"):
+        run_decoder(tmp_path)
 
 
 @pytest.mark.slow
