@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from .policy import load_policy_model, make_policy
+from .policy.static_sampler import check_sampler
 from .sampling import SAMPLING_DEFAULTS, SamplingArguments, check_sampling, describe_sampling, load_sampling
 
 
@@ -78,13 +79,15 @@ class TextToImagePipeline:
                  batch_size: int = 8, output_type: str = "pil", **sampling) -> list:
         """Images for `prompts`, prompt-major (`images_per_prompt` per prompt).
 
-        `sampling` overrides the defaults (`guidance_scale`, `temperature`, `top_k`, `top_p`, `do_sample`).
+        `sampling` overrides the defaults (`guidance_scale`, `temperature`, `top_k`, `top_p`, `do_sample`);
+        `sampler` picks the implementation ("eager", "static" or "compiled"; `SamplingArguments.sampler`).
         `output_type`: "pil" (a list of PIL images) or "pt" (a (B, 3, H, W) tensor in [0, 1]).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if images_per_prompt < 1 or batch_size < 1:
             raise ValueError("images_per_prompt and batch_size must be >= 1.")
         do_sample = sampling.pop("do_sample", True)
+        sampler = check_sampler(sampling.pop("sampler", "eager"))
         unknown = sorted(set(sampling) - set(SAMPLING_DEFAULTS))
         if unknown:
             raise TypeError(f"Unknown sampling settings {unknown}; known: {sorted(SAMPLING_DEFAULTS)} and do_sample.")
@@ -96,9 +99,10 @@ class TextToImagePipeline:
             chunk = rows[start : start + batch_size]
             generators = [torch.Generator(device=self.device).manual_seed(image_seed(seed, i, j)) for i, j in chunk]
             batch = self.policy.encode_prompts([prompts[i] for i, _ in chunk], self.device)
-            codes = self.policy.sample(
-                self.model, batch, guidance_scale=settings["guidance_scale"], temperature=settings["temperature"],
-                top_k=settings["top_k"], top_p=settings["top_p"], do_sample=do_sample, generator=generators,
+            codes = self.policy.sample_codes(
+                self.model, batch, sampler=sampler, guidance_scale=settings["guidance_scale"],
+                temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                do_sample=do_sample, generator=generators,
             )
             images.append(self.codec.decode_images(codes))
         images = torch.cat(images)

@@ -263,8 +263,8 @@ def sample_prompt_codes(policy, model, records, args: EvalArguments, device) -> 
         for record in records
         for j in range(args.images_per_prompt)
     ]
-    return policy.sample(
-        model, policy.encode_prompts(prompts, device), guidance_scale=args.guidance_scale,
+    return policy.sample_codes(
+        model, policy.encode_prompts(prompts, device), sampler=args.sampler, guidance_scale=args.guidance_scale,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, do_sample=args.do_sample,
         generator=generators,
     )

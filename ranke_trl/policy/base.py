@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from .static_sampler import CachedDecoder, StaticCacheSampler, check_sampler
+
 LogProbMode = Literal["guided", "conditional"]
 
 
@@ -203,6 +205,47 @@ class ImageTokenPolicy(ABC):
         `generator` may be one generator for the batch, or one per row, so that a row's image depends only on its
         own seed, not on the batch it was drawn in.
         """
+
+    def sample_codes(
+        self,
+        model: nn.Module,
+        prompts: PromptBatch,
+        *,
+        sampler: str = "eager",
+        guidance_scale: float,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        do_sample: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.LongTensor:
+        """:meth:`sample` through the chosen implementation (`SamplingArguments.sampler`). Returns codes (B, N).
+
+        "eager" is :meth:`sample`; "static" and "compiled" are the static-cache sampler (`static_sampler.py`), the
+        latter with its decoding step compiled. All three draw the same distribution, with the same generators.
+        """
+        settings = dict(guidance_scale=guidance_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                        do_sample=do_sample, generator=generator)  # fmt: skip
+        if check_sampler(sampler) == "eager":
+            return self.sample(model, prompts, **settings)
+        return self.static_sampler(model, compile=sampler == "compiled").sample(prompts, **settings)
+
+    def static_sampler(self, model: nn.Module, compile: bool = False) -> StaticCacheSampler:
+        """The :class:`StaticCacheSampler` of `model` (unwrapped), built once and kept: its KV caches and compiled
+        decoding step are reused by every later batch."""
+        model = unwrap_model(model)
+        samplers = self.__dict__.setdefault("_static_samplers", {})
+        key = (id(model), compile)  # the sampler holds `model`, so its id is not reused while the entry lives
+        if key not in samplers:
+            samplers[key] = StaticCacheSampler(self.cached_decoder(model), self.num_image_tokens, compile)
+        return samplers[key]
+
+    def cached_decoder(self, model: nn.Module) -> CachedDecoder:
+        """`model`'s image-code decoder in the pieces the static-cache sampler runs (prompt prefix, code embedding,
+        code head, warpers). Backbones that do not provide it sample with `sampler="eager"` only."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no static-cache sampler (`cached_decoder`); use sampler='eager'."
+        )
 
     def code_log_probs(
         self,

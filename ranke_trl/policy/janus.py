@@ -25,18 +25,12 @@ from .base import (
     unwrap_model,
     warp_logits,
 )
+from .static_sampler import CachedDecoder, draw_codes
 
 JANUS_PROMPT_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 
 
 _unwrap = unwrap_model
-
-
-def _draw(probs: torch.Tensor, generator) -> torch.LongTensor:
-    """One code per row of `probs` (B, K); a list of generators gives each row its own stream (seeds per prompt)."""
-    if isinstance(generator, (list, tuple)):
-        return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)]).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 class JanusVQCodec(VQCodec):
@@ -212,15 +206,10 @@ class JanusPolicy(ImageTokenPolicy):
             raise ValueError(f"Got {len(generator)} generators for {prompts.input_ids.size(0)} prompt rows.")
         lm, inner = janus.model.language_model, janus.model
         use_cfg = guidance_scale != 1.0
-        input_ids, mask = prompts.input_ids, prompts.attention_mask
-        if use_cfg:
-            input_ids = torch.cat([input_ids, prompts.uncond_input_ids])
-            mask = torch.cat([mask, mask])
         batch = prompts.input_ids.size(0)
-        positions = position_ids_from_mask(mask)
-        embeds = janus.get_input_embeddings()(input_ids)
+        embeds, mask, positions = self._prompt_rows(janus, prompts, use_cfg)
         cache = DynamicCache(config=lm.config)
-        codes = torch.empty(batch, self.num_image_tokens, dtype=torch.long, device=input_ids.device)
+        codes = torch.empty(batch, self.num_image_tokens, dtype=torch.long, device=embeds.device)
         for step in range(self.num_image_tokens):
             out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
             cache = out.cache
@@ -229,7 +218,7 @@ class JanusPolicy(ImageTokenPolicy):
             logits = apply_cfg(cond, uncond, guidance_scale)
             if do_sample:
                 probs = warp_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-                next_code = _draw(probs, generator)
+                next_code = draw_codes(probs, generator)
             else:
                 next_code = logits.argmax(dim=-1)
             codes[:, step] = next_code
@@ -238,6 +227,32 @@ class JanusPolicy(ImageTokenPolicy):
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
             positions = positions[:, -1:] + 1
         return codes
+
+    def _prompt_rows(self, janus, prompts: PromptBatch, use_cfg: bool):
+        """The sampler's rows, `[cond; uncond]` with CFG: embeddings (R, L, D), mask (R, L), positions (R, L) that
+        skip the left padding (the cached eager loop and the static-cache sampler start from the same rows)."""
+        input_ids, mask = prompts.input_ids, prompts.attention_mask
+        if use_cfg:
+            input_ids = torch.cat([input_ids, prompts.uncond_input_ids])
+            mask = torch.cat([mask, mask])
+        return janus.get_input_embeddings()(input_ids), mask, position_ids_from_mask(mask)
+
+    def cached_decoder(self, model: nn.Module) -> CachedDecoder:
+        """Janus for the static-cache sampler: the language model, codes in through the generation embeddings and
+        aligner, logits out of `generation_head`, our `warp_logits` (as in :meth:`sample`)."""
+        janus = _unwrap(model)
+
+        def prefix(prompts: PromptBatch, use_cfg: bool):
+            embeds, mask, positions = self._prompt_rows(janus, prompts, use_cfg)
+            return embeds, mask, positions, positions[:, -1:] + 1
+
+        return CachedDecoder(
+            language_model=janus.model.language_model,
+            prefix=prefix,
+            code_embeds=lambda codes: janus.prepare_embeddings_for_image_generation(codes[:, None]),
+            head=janus.model.generation_head,
+            warp=warp_logits,
+        )
 
     # ----------------------------------------------------------------------------------------------- scoring
     def _teacher_forced(

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from ..models.llamagen import LlamaGenForImageGeneration, LlamaGenVQVAE, clean_caption
+from ..models.llamagen.modeling_llamagen import _logits_warpers
 from .base import ImageCodeLogProbs, ImageTokenPolicy, PromptBatch, apply_cfg, unwrap_model
 from .janus import JanusVQCodec
+from .static_sampler import CachedDecoder
 
 _unwrap = unwrap_model
 
@@ -132,6 +134,32 @@ class LlamaGenPolicy(ImageTokenPolicy):
             do_sample=do_sample,
             cfg_interval=self.cfg_interval,
             generator=generator,
+        )
+
+    def cached_decoder(self, model: nn.Module) -> CachedDecoder:
+        """LlamaGen for the static-cache sampler, as `generate_images` runs it: the caption prefix (the frozen
+        `uncond_embedding` on the unconditional rows) at absolute positions `120 - L ... 119`, code `t` fed at
+        `120 + t`, logits from `lm_head`, the model's own warpers, CFG on the steps `cfg_interval` guides."""
+        llamagen = _unwrap(model)
+        inner, prefix_end = llamagen.model, llamagen.config.caption_max_length
+
+        def prefix(prompts: PromptBatch, use_cfg: bool):
+            mask = prompts.attention_mask
+            captions, uncond = inner.encode_captions(prompts.input_ids, mask), None
+            if use_cfg:
+                captions, mask = torch.cat([captions, captions]), torch.cat([mask, mask])
+                uncond = torch.arange(mask.size(0), device=mask.device) >= prompts.input_ids.size(0)
+            embeds = inner.caption_prefix(None, mask, captions, uncond)
+            positions = torch.arange(prefix_end - mask.size(1), prefix_end, device=mask.device).unsqueeze(0)
+            return embeds, mask, positions, torch.full((1, 1), prefix_end, device=mask.device)
+
+        return CachedDecoder(
+            language_model=inner.language_model,
+            prefix=prefix,
+            code_embeds=lambda codes: inner.language_model.embed_tokens(codes[:, None]),
+            head=llamagen.lm_head,
+            warp=lambda logits, temperature, top_k, top_p: _logits_warpers(temperature, top_k, top_p)(None, logits),
+            guided_step=lambda step: self.cfg_interval < 0 or step <= self.cfg_interval + 1,
         )
 
     # ----------------------------------------------------------------------------------------------- scoring
