@@ -1,5 +1,7 @@
 """RankEGRPOTrainer, Stage 1: GRPO on image tokens with a frozen decoder (the 'Std. RL' mode)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset
@@ -54,21 +56,44 @@ def _trainer(tmp_path, model, processing_class, reward=None, **overrides):
     )
 
 
-def test_std_rl_trains_generation_path_and_leaves_vq_bit_identical(tmp_path, tiny_janus, tiny_processor):
-    vq_before = {k: v.clone() for k, v in tiny_janus.model.vqmodel.state_dict().items()}
-    watched = {
-        "generation_head": tiny_janus.model.generation_head.vision_head.weight,
-        "generation_aligner": tiny_janus.model.generation_aligner.fc1.weight,
-        "generation_embeddings": tiny_janus.model.generation_embeddings.weight,
-        "language_model": tiny_janus.model.language_model.layers[0].self_attn.q_proj.weight,
+def _watched(model) -> dict[str, torch.Tensor]:
+    """The generation path's parameters that Std. RL must train."""
+    return {
+        "generation_head": model.model.generation_head.vision_head.weight,
+        "generation_aligner": model.model.generation_aligner.fc1.weight,
+        "generation_embeddings": model.model.generation_embeddings.weight,
+        "language_model": model.model.language_model.layers[0].self_attn.q_proj.weight,
     }
-    before = {k: v.detach().clone() for k, v in watched.items()}
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_processor):
+    """One default Std. RL run (2 steps, the default EMA reference), read by every test of what such a run trains,
+    scores and logs: `(trainer, model, reward, args, before)`, with the config as passed in (`args`) and what the
+    model, its VQ and the reference held before training (`before`)."""
+    import copy
+
+    from ranke_trl.tiny import build_tiny_janus
+
+    torch.manual_seed(0)
+    model, reward = build_tiny_janus(seed=0), RecordingReward()
+    args = _args(tmp_path_factory.mktemp("std_rl"))
+    before = {"args": copy.deepcopy(args), "vq": {k: v.clone() for k, v in model.model.vqmodel.state_dict().items()},
+              "watched": {k: v.detach().clone() for k, v in _watched(model).items()}}
+    trainer = RankEGRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=_dataset(),
+                               processing_class=tiny_processor)
+    reference = trainer.accelerator.unwrap_model(trainer.ref_model)
+    before["reference"] = reference.model.generation_head.vision_head.weight.detach().clone()
     trainer.train()
-    for name, param in watched.items():
-        assert not torch.equal(before[name], param.detach()), f"{name} did not change"
+    return trainer, model, reward, args, before
+
+
+def test_std_rl_trains_generation_path_and_leaves_vq_bit_identical(trained):
+    trainer, model, _, _, before = trained
+    for name, param in _watched(model).items():
+        assert not torch.equal(before["watched"][name], param.detach()), f"{name} did not change"
     vq_after = trainer.codec.module.state_dict()
-    assert all(torch.equal(vq_before[k], vq_after[k]) for k in vq_before)
+    assert all(torch.equal(before["vq"][k], vq_after[k]) for k in before["vq"])
 
 
 def test_text_lm_head_is_not_trained(tmp_path, tiny_janus, tiny_processor):
@@ -79,9 +104,8 @@ def test_text_lm_head_is_not_trained(tmp_path, tiny_janus, tiny_processor):
     assert id(tiny_janus.model.generation_head.vision_head.weight) in trainable
 
 
-def test_rewards_receive_one_image_per_rollout_and_dataset_columns(tmp_path, tiny_janus, tiny_processor):
-    reward = RecordingReward()
-    _trainer(tmp_path, tiny_janus, tiny_processor, reward=reward, max_steps=1).train()
+def test_rewards_receive_one_image_per_rollout_and_dataset_columns(trained):
+    _, _, reward, _, _ = trained
     call = reward.calls[0]
     assert len(call["completions"]) == len(call["prompts"]) == 8
     image = call["completions"][0]
@@ -91,14 +115,14 @@ def test_rewards_receive_one_image_per_rollout_and_dataset_columns(tmp_path, tin
     assert len(call["kwargs"]["completion_ids"][0]) == 64
 
 
-def test_rewards_and_metrics_are_logged(tmp_path, tiny_janus, tiny_processor):
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
-    trainer.train()
+def test_rewards_and_metrics_are_logged(trained):
+    trainer = trained[0]
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert {"reward", "rewards/redness/mean", "rewards/redness/std", "kl", "entropy"} <= logged
     assert {"shift/batch_entropy_bits"} <= logged
-    assert (tmp_path / "samples" / "step_000001.png").exists()
-    caption = (tmp_path / "samples" / "step_000001.txt").read_text()
+    samples = Path(trainer.args.output_dir) / "samples"
+    assert (samples / "step_000001.png").exists()
+    caption = (samples / "step_000001.txt").read_text()
     assert "row 1:" in caption and "4 rollouts of this prompt" in caption  # a row is one prompt's G rollouts
 
 
@@ -213,14 +237,9 @@ def test_sample_grid_reaches_tensorboard(tmp_path, tiny_janus, tiny_processor):
     assert "rewards/redness/mean" in {t.split("train/")[-1] for t in events.Tags()["scalars"]}
 
 
-def test_the_config_passed_in_is_unchanged_by_the_trainer(tmp_path, tiny_janus, tiny_processor):
-    import copy
-
-    args = _args(tmp_path, max_steps=1)
-    before = copy.deepcopy(args)
-    trainer = RankEGRPOTrainer(model=tiny_janus, reward_funcs=[RecordingReward()], args=args,
-                               train_dataset=_dataset(), processing_class=tiny_processor)
-    trainer.train()
+def test_the_config_passed_in_is_unchanged_by_the_trainer(trained):
+    trainer, _, _, args, before = trained
+    before = before["args"]
     assert args == before  # TRL and RankE adjust their own copy
     assert trainer.args.max_completion_length == 64 and args.max_completion_length == before.max_completion_length
     assert trainer.beta == args.beta and trainer.ref_model is not None
@@ -232,16 +251,13 @@ def test_fsdp_is_refused_at_start_up_with_the_alternative(tmp_path, tiny_janus, 
         _trainer(tmp_path, tiny_janus, tiny_processor)
 
 
-def test_the_reference_policy_is_a_real_ema_by_default(tmp_path, tiny_janus, tiny_processor):
-    config = _args(tmp_path, max_steps=2)
+def test_the_reference_policy_is_a_real_ema_by_default(trained):
+    trainer, model, _, config, before = trained
+    assert config.max_steps == 2
     assert (config.sync_ref_model, config.ref_model_sync_steps, config.ref_model_mixup_alpha) == (True, 1, 0.01)
     assert config.use_bias_correction_kl is False  # the plain KL of Eq. 3
-    trainer = RankEGRPOTrainer(model=tiny_janus, reward_funcs=[RecordingReward()], args=config,
-                               train_dataset=_dataset(), processing_class=tiny_processor)
-    reference = trainer.accelerator.unwrap_model(trainer.ref_model)
-    before = reference.model.generation_head.vision_head.weight.detach().clone()
-    trainer.train()
-    after = reference.model.generation_head.vision_head.weight
-    policy = tiny_janus.model.generation_head.vision_head.weight
+    before = before["reference"]
+    after = trainer.accelerator.unwrap_model(trainer.ref_model).model.generation_head.vision_head.weight
+    policy = model.model.generation_head.vision_head.weight
     assert not torch.equal(before, after)  # it moved within 2 steps (TRL's default would wait 512)
     assert (after - before).abs().max() < (policy - before).abs().max()  # slowly, towards the policy

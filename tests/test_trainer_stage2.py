@@ -1,5 +1,7 @@
 """RankEGRPOTrainer with the decoder phase: modes, checkpoints and resume, the saved system, the Hub push."""
 
+import os
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -54,12 +56,28 @@ def _changed(before, module, prefix=""):
     return [k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])]
 
 
-def test_ranke_trains_both_policy_and_decoder(tmp_path, tiny_janus, tiny_processor):
-    policy_before = _snapshot(tiny_janus.model.generation_head)
-    vq_before = _snapshot(tiny_janus.model.vqmodel)
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_processor):
+    """One default RankE run (2 steps, a checkpoint at step 2, then `save_model`), read by every test of what such a
+    run changes, logs and saves: `(trainer, model, before)`, `before` holding the generation head, the VQ and the
+    decoding of fixed codes from before training."""
+    from ranke_trl.tiny import build_tiny_janus
+
+    torch.manual_seed(0)
+    model = build_tiny_janus(seed=0)
+    trainer = _trainer(tmp_path_factory.mktemp("ranke"), model, tiny_processor, save_strategy="steps", save_steps=2)
+    codes = torch.randint(0, 256, (2, 64))
+    before = {"policy": _snapshot(model.model.generation_head), "vq": _snapshot(model.model.vqmodel), "codes": codes,
+              "decoded": trainer.codec.decode_images(codes)}
     trainer.train()
-    assert _changed(policy_before, tiny_janus.model.generation_head)
+    trainer.save_model()
+    return trainer, model, before
+
+
+def test_ranke_trains_both_policy_and_decoder(trained):
+    trainer, model, before = trained
+    policy_before, vq_before = before["policy"], before["vq"]
+    assert _changed(policy_before, model.model.generation_head)
     vq = trainer.codec.module
     assert _changed(vq_before, vq, "decoder.") and _changed(vq_before, vq, "post_quant_conv.")
     assert not _changed(vq_before, vq, "encoder.") and not _changed(vq_before, vq, "quant_conv.")
@@ -69,23 +87,19 @@ def test_ranke_trains_both_policy_and_decoder(tmp_path, tiny_janus, tiny_process
 def test_decoder_only_leaves_policy_bit_identical(tmp_path, tiny_janus, tiny_processor):
     policy_params = {n: p.detach().clone() for n, p in tiny_janus.named_parameters() if "vqmodel" not in n}
     vq_before = _snapshot(tiny_janus.model.vqmodel)
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, train_policy=False)
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, train_policy=False, max_steps=1)
     trainer.train()
     assert all(torch.equal(p, dict(tiny_janus.named_parameters())[n]) for n, p in policy_params.items())
     assert _changed(vq_before, trainer.codec.module, "decoder.")
 
 
-def test_next_rollouts_are_decoded_by_the_updated_decoder(tmp_path, tiny_janus, tiny_processor):
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
-    codes = torch.randint(0, 256, (2, 64))
-    before = trainer.codec.decode_images(codes)
-    trainer.train()
-    assert not torch.allclose(before, trainer.codec.decode_images(codes))
+def test_next_rollouts_are_decoded_by_the_updated_decoder(trained):
+    trainer, _, before = trained
+    assert not torch.allclose(before["decoded"], trainer.codec.decode_images(before["codes"]))
 
 
-def test_decoder_phase_metrics_are_logged(tmp_path, tiny_janus, tiny_processor):
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)
-    trainer.train()
+def test_decoder_phase_metrics_are_logged(trained):
+    trainer, _, _ = trained
     logged = {k for entry in trainer.state.log_history for k in entry}
     expected = {
         "decoder/loss_rbp", "decoder/loss_gan", "decoder/loss_rec", "decoder/loss_cons",
@@ -130,8 +144,8 @@ def test_ranke_defaults_run_with_a_plain_black_box_trl_reward(tmp_path, tiny_jan
     assert "no reward back-propagation" in (tmp_path / "README.md").read_text()
 
 
-def test_reward_backprop_is_on_by_default_with_a_differentiable_reward(tmp_path, tiny_janus, tiny_processor):
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor)  # CLIPReward.tiny() is differentiable
+def test_reward_backprop_is_on_by_default_with_a_differentiable_reward(trained):
+    trainer, _, _ = trained  # CLIPReward.tiny() is differentiable
     assert trainer.args.lambda_rbp == 0.5
 
 
@@ -141,28 +155,25 @@ def test_reconstruction_without_image_column_fails_at_start(tmp_path, tiny_janus
         _trainer(tmp_path, tiny_janus, tiny_processor, dataset=prompts_only)
 
 
-def test_final_output_loads_as_the_whole_co_evolved_system(tmp_path, tiny_janus, tiny_processor):
+def test_final_output_loads_as_the_whole_co_evolved_system(trained):
     from transformers import AutoProcessor, JanusForConditionalGeneration, JanusVQVAE
 
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
-    trainer.train()
-    trainer.save_model()
-    trained = trainer.codec.module.state_dict()
-    whole = JanusForConditionalGeneration.from_pretrained(tmp_path)
-    decoder = JanusVQVAE.from_pretrained(tmp_path, subfolder="decoder")
-    assert all(torch.equal(trained[k], v) for k, v in whole.model.vqmodel.state_dict().items())
-    assert all(torch.equal(trained[k], v) for k, v in decoder.state_dict().items())
-    head = tiny_janus.model.generation_head.vision_head.weight
+    trainer, model, _ = trained
+    out = trainer.args.output_dir
+    decoder_state = trainer.codec.module.state_dict()
+    whole = JanusForConditionalGeneration.from_pretrained(out)
+    decoder = JanusVQVAE.from_pretrained(out, subfolder="decoder")
+    assert all(torch.equal(decoder_state[k], v) for k, v in whole.model.vqmodel.state_dict().items())
+    assert all(torch.equal(decoder_state[k], v) for k, v in decoder.state_dict().items())
+    head = model.model.generation_head.vision_head.weight
     assert torch.equal(whole.model.generation_head.vision_head.weight, head)
-    assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ == "JanusProcessor"
+    assert type(AutoProcessor.from_pretrained(out)).__name__ == "JanusProcessor"
 
 
-def test_model_card_names_method_rewards_steps_and_decoder_loading(tmp_path, tiny_janus, tiny_processor):
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
-    trainer.train()
-    trainer.save_model()
-    card = (tmp_path / "README.md").read_text()
-    for needle in ["RankE", "`clip`", "training steps | 1", 'subfolder="decoder"', "decoder/loss", "rewards/clip/mean"]:
+def test_model_card_names_method_rewards_steps_and_decoder_loading(trained):
+    trainer, _, _ = trained
+    card = open(os.path.join(trainer.args.output_dir, "README.md")).read()
+    for needle in ["RankE", "`clip`", "training steps | 2", 'subfolder="decoder"', "decoder/loss", "rewards/clip/mean"]:
         assert needle in card
 
 
@@ -179,31 +190,39 @@ def test_push_to_hub_uploads_system_decoder_and_card(tmp_path, tiny_janus, tiny_
     assert (tmp_path / "README.md").exists() and (tmp_path / "model.safetensors").exists()
 
 
-def test_checkpoint_is_complete(tmp_path, tiny_janus, tiny_processor):
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, save_strategy="steps", save_steps=2)
-    trainer.train()
-    checkpoint = tmp_path / "checkpoint-2"
+def test_checkpoint_is_complete(trained):
+    trainer, _, _ = trained
+    checkpoint = Path(trainer.args.output_dir) / "checkpoint-2"
     for name in ["model.safetensors", "decoder", "ema_decoder", "ranke_stage2.pt", "optimizer.pt", "rng_state.pth"]:
         assert (checkpoint / name).exists(), name
     state = torch.load(checkpoint / "ranke_stage2.pt", weights_only=True)
     assert {"decoder_phase", "rollout_buffer", "decoder_phases"} <= set(state)
 
 
-def test_resume_restores_the_ema_reference_policy(tmp_path, tiny_processor):
+@pytest.fixture(scope="module")
+def resume_runs(tmp_path_factory, tiny_processor):
+    """`(straight, resumed, first, reference_at_resume_start)`: 3 uninterrupted steps, and 2 steps with a checkpoint
+    then 1 step resumed from it in a fresh trainer. The reference is synced every step (an EMA), so by step 2 it is
+    no longer the initial policy and a resume must restore it too."""
     from ranke_trl.tiny import build_tiny_janus
 
-    # The reference is synced every step, so by step 2 it is no longer the initial policy.
-    sync = dict(max_steps=4, sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5)
-    straight = _trainer(tmp_path / "a", build_tiny_janus(seed=0), tiny_processor, **sync)
+    out = tmp_path_factory.mktemp("resume")
+    sync = dict(max_steps=3, sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5)
+    straight = _trainer(out / "a", build_tiny_janus(seed=0), tiny_processor, **sync)
     straight.train()
-    first = _trainer(tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, save_strategy="steps", save_steps=2,
-                     **sync)
+    first = _trainer(out / "b", build_tiny_janus(seed=0), tiny_processor, save_strategy="steps", save_steps=2, **sync)
+    # Stop after step 2 as a crash would: train to 2 steps with the 3-step schedule, then resume in a fresh trainer.
     first.args.max_steps = 2
     first.train()
-    assert (tmp_path / "b" / "checkpoint-2" / "ref_model.safetensors").exists()
-    resumed = _trainer(tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, **sync)
-    initial = {k: v.clone() for k, v in resumed.ref_model.state_dict().items()}
-    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    resumed = _trainer(out / "b", build_tiny_janus(seed=0), tiny_processor, **sync)
+    initial_reference = {k: v.clone() for k, v in resumed.ref_model.state_dict().items()}
+    resumed.train(resume_from_checkpoint=str(out / "b" / "checkpoint-2"))
+    return straight, resumed, first, initial_reference
+
+
+def test_resume_restores_the_ema_reference_policy(resume_runs):
+    straight, resumed, first, initial = resume_runs
+    assert os.path.isfile(os.path.join(first.args.output_dir, "checkpoint-2", "ref_model.safetensors"))
     a, b = straight.ref_model.state_dict(), resumed.ref_model.state_dict()
     key = "model.generation_head.vision_head.weight"
     assert not torch.equal(b[key], initial[key])
@@ -211,19 +230,9 @@ def test_resume_restores_the_ema_reference_policy(tmp_path, tiny_processor):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_processor):
-    from ranke_trl.tiny import build_tiny_janus
-
-    straight = _trainer(tmp_path / "a", build_tiny_janus(seed=0), tiny_processor, max_steps=4)
-    straight.train()
-    first = _trainer(
-        tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, max_steps=4, save_strategy="steps", save_steps=2
-    )
-    # Stop after step 2 as a crash would: train to 2 steps with the 4-step schedule, then resume in a fresh trainer.
-    first.args.max_steps = 2
-    first.train()
-    resumed = _trainer(tmp_path / "b", build_tiny_janus(seed=0), tiny_processor, max_steps=4)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+def test_resume_matches_an_uninterrupted_run(resume_runs):
+    straight, resumed, _, _ = resume_runs
+    assert resumed.state.global_step == 3
     a, b = straight.codec.module.state_dict(), resumed.codec.module.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
@@ -232,13 +241,11 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_processor):
     torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
 
 
-def test_model_card_code_runs_and_generates_images(tmp_path, tiny_janus, tiny_processor):
+def test_model_card_code_runs_and_generates_images(trained):
     import re
 
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1)
-    trainer.train()
-    trainer.save_model()
-    card = (tmp_path / "README.md").read_text()
+    trainer, _, _ = trained
+    card = open(os.path.join(trainer.args.output_dir, "README.md")).read()
     namespace = {}
     for block in re.findall(r"```python\n(.*?)```", card, flags=re.S):
         exec(block, namespace)  # noqa: S102 - the card's own snippets, run as a user would
@@ -248,10 +255,11 @@ def test_model_card_code_runs_and_generates_images(tmp_path, tiny_janus, tiny_pr
 
 
 def test_decoder_counters_are_logged_as_counts_not_window_means(tmp_path, tiny_janus, tiny_processor):
-    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=3, logging_steps=3)
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=2, logging_steps=2)
     trainer.train()
     entry = next(e for e in trainer.state.log_history if "decoder/phases" in e)
-    assert entry["decoder/phases"] == 3 and entry["decoder/decoder_steps"] == 3  # not the window means 2 and 2
+    # The running totals at step 2, not their means over the logging window (1.5 phases, fewer steps).
+    assert entry["decoder/phases"] == 2 and entry["decoder/decoder_steps"] == trainer.decoder_phase.num_steps
     assert entry["decoder/nonfinite_skipped"] == 0
 
 
