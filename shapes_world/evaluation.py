@@ -49,8 +49,8 @@ METRICS = ["clip_score", "shapes_fid", "shapes_eval", "shift/token_kl_bits", "sh
 # Diagnostics that split ShapesFID into what is drawn and how it is rendered (see `rerender_detected`).
 DIAGNOSTICS = ["shapes_fid_content", "unreadable_shapes"]
 # Rendering measured directly, per image, averaged (`rendering.rendering_report`); `render/l1` and
-# `render/ssim_distance` are over confidently detected images, NaN when there is none (and then left out of
-# `ranke-trl eval`'s results, which hold finite numbers only).
+# `render/ssim_distance` are over confidently detected images, and absent when there is none (results hold finite
+# numbers only, and a NaN would make two reports compare unequal whatever they hold).
 RENDERING = ["render/off_palette", "render/l1", "render/ssim_distance", "render/confident"]
 
 
@@ -91,7 +91,8 @@ class WorldScorer:
 
     `scorer(images01, codes, prompts, metadata, shift)` takes images (B, 3, H, W) in [0, 1], their codes (B, N), one
     prompt and one ShapesEval metadata (a dict or its JSON) per image, and a `ShiftDiagnostics` holding the
-    ground-truth histogram (None: no `shift/*` keys; the codes are then unused).
+    ground-truth histogram (None: no `shift/*` keys; the codes are then unused). Every value is finite: a measure
+    undefined on these images (`render/l1` and `render/ssim_distance` when none is confidently detected) is absent.
     """
 
     def __init__(self, cache_dir=None, device=None):
@@ -112,7 +113,7 @@ class WorldScorer:
         content_fid = self.fid.compute()
         summary = summarize(evaluated)
         rendering = rendering_report(images01, self.shapes_eval)["means"]
-        return {
+        return _finite({
             "clip_score": float(clip_score_from_cosine(cos).mean()),
             "shapes_fid": shapes_fid,
             "shapes_eval": summary["overall"],
@@ -121,7 +122,7 @@ class WorldScorer:
             **{f"shapes_eval/{k}": v for k, v in summary["per_family"].items()},
             **{f"render/{k}": v for k, v in rendering.items()},
             **(shift(codes) if shift is not None else {}),
-        }
+        })
 
 
 class WorldEvaluator:
@@ -166,7 +167,8 @@ def world_eval_report(before: dict[str, float], after: dict[str, float], out_dir
     path = os.path.join(out_dir, "world_eval.json")
     with open(path, "w") as f:
         json.dump({"before": before, "after": after}, f, indent=2)
-    keys = [k for k in METRICS if k in after] + sorted(k for k in after if k.startswith("shapes_eval/"))
+    keys = [k for k in METRICS + RENDERING if k in after and k in before]  # render/l1 needs confident images
+    keys += sorted(k for k in after if k.startswith("shapes_eval/"))
     lines = [f"ShapesWorld evaluation ({path}):", f"  {'metric':<32} {'before':>10} {'after':>10}"]
     lines += [f"  {k:<32} {before[k]:>10.4g} {after[k]:>10.4g}" for k in keys]
     return "\n".join(lines)
@@ -259,7 +261,7 @@ class WorldEvalMetric:
         shift = ShiftDiagnostics(CodeHistogram(size).update(gt_codes).counts, size, self.args.shift_smoothing)
         metrics = self.scorer(images, codes, joined["prompts"], joined["metadata"], shift)
         metrics["shapes_clip_score"] = metrics.pop("clip_score")
-        return _finite(metrics), self._meta(shift, len(images), len(gt_codes))
+        return metrics, self._meta(shift, len(images), len(gt_codes))
 
     def _meta(self, shift: ShiftDiagnostics, num_images: int, num_real: int) -> dict:
         root = shapes_cache_dir()
@@ -387,4 +389,4 @@ class DecoderSwapMetric(WorldEvalMetric):
             "keys": "as the 'shapes' metric's, on D0's images (no shift/*); render/* as in meta['render']",
             "num_images": len(images),
         }}
-        return {f"d0/{key}": value for key, value in _finite(metrics).items()}, meta
+        return {f"d0/{key}": value for key, value in metrics.items()}, meta
