@@ -4,7 +4,7 @@ also a tiny LlamaGen policy SFT'd on the same codes (`shapes_world/llamagen_poli
 
     python examples/prepare_shapes_world.py                 # full preparation, ~20 min on 2 CPU cores
     python examples/prepare_shapes_world.py --tiny          # seconds; poor models, for tests and smoke runs
-    python examples/prepare_shapes_world.py --backbone llamagen   # adds the LlamaGen policy, ~4-5 min more
+    python examples/prepare_shapes_world.py --backbone llamagen   # adds the LlamaGen policy, ~7-9 min more
     RANKE_SHAPES_CACHE=/data/shapes python examples/prepare_shapes_world.py --seed 1 --force
 
 A second run reuses the cache. Recipes then say `model_name_or_path: shapes` and `reward_funcs: [shapes_clip]`.

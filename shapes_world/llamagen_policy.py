@@ -34,20 +34,21 @@ from ranke_trl.models.llamagen.configuration_llamagen import CAPTION_MAX_LENGTH,
 from ranke_trl.policy import make_policy
 from ranke_trl.sft import ImageTokenSFT
 
-from .vocab import COLORS, KINDS, NUMBER_WORDS, RELATIONS, SIZES
+from .vocab import COLORS, KINDS, NUMBER_WORDS, RELATIONS
 
 CAPTION_ENCODER_NAME = "shapes_world caption encoder (T5, distilled from the world's CLIP text tower)"
 
 
 @dataclass(frozen=True)
 class LlamaGenPolicySettings:
-    """The LlamaGen stage's own settings; the GPT widths and the SFT are the world's (`ShapesWorldSettings`)."""
+    """The LlamaGen stage's own settings (all ours); the GPT's width and depth and the SFT are the world's
+    (`ShapesWorldSettings.policy_hidden_size`, `policy_num_layers`, `sft`), as its Janus policy has them."""
 
-    num_heads: int = 4
-    caption_dim: int = 64  # T5 d_model, LlamaGen's caption_dim
+    num_heads: int = 4  # GPT heads (head dim 32 at width 128: a multiple of 4, as the 2D RoPE needs)
+    caption_dim: int = 64  # T5 d_model, LlamaGen's caption_dim (2048 for flan-t5-xl)
     caption_layers: int = 2
     caption_heads: int = 4
-    caption_steps: int = 600
+    caption_steps: int = 600  # distillation steps of the caption encoder, cosine-decayed AdamW
     caption_batch_size: int = 64
     caption_learning_rate: float = 2e-3
 
@@ -61,7 +62,7 @@ def world_caption_tokenizer():
     plural kinds), with lower-case characters, digits and punctuation as the fallback for any other text."""
     from transformers import T5Tokenizer
 
-    words = {"a", "an", "and", "one", *COLORS, *KINDS, *(kind + "s" for kind in KINDS), *SIZES}
+    words = {"a", "an", "and", *COLORS, *KINDS, *(kind + "s" for kind in KINDS)}
     words |= set(NUMBER_WORDS.values()) | {w for phrase in RELATIONS.values() for w in phrase.split()}
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits + ",.!?'\"-:;"]
@@ -71,6 +72,7 @@ def world_caption_tokenizer():
 
 
 def caption_encoder_config(settings: LlamaGenPolicySettings, vocab_size: int) -> T5Config:
+    """The caption encoder's `T5Config`: flan-t5's gated-GELU layout at `caption_dim`, no dropout (it is frozen)."""
     width = settings.caption_dim
     return T5Config(
         vocab_size=vocab_size, d_model=width, d_kv=width // settings.caption_heads, d_ff=2 * width,

@@ -115,7 +115,8 @@ TINY = ShapesWorldSettings(
 
 BACKBONES = ("janus", "llamagen")  # the architectures of the world's SFT'd policy
 LLAMAGEN_STAGE = "policy_llamagen"
-LLAMAGEN_ESTIMATE = {False: "about 4-5 min on 2 cores", True: "seconds"}  # keyed by `tiny`
+# Estimated from timed steps (an SFT step costs 0.64x the Janus one at equal widths), not from a full run.
+LLAMAGEN_ESTIMATE = {False: "about 7-9 min on 2 idle cores", True: "seconds"}  # keyed by `tiny`
 
 
 def shapes_cache_dir(cache_dir: str | os.PathLike | None = None, tiny: bool = False) -> Path:
