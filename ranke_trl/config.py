@@ -111,11 +111,23 @@ class RankEConfig(SamplingArguments, GRPOConfig):
     policy_steps_per_phase: int = field(
         default=1, metadata={"help": "T_pi: GRPO optimiser steps per policy phase (ours: 1)."}
     )
-    decoder_steps_per_phase: int = field(
-        default=1, metadata={"help": "T_D: decoder optimiser steps per decoder phase (ours: 1)."}
+    decoder_steps_per_phase: int | None = field(
+        default=None,
+        metadata={"help": "T_D: decoder optimiser steps per decoder phase. None (default, ours): derived from the "
+                  "cache, ceil(decoder_epochs x scored cached rollouts / global decoder batch), so every scored "
+                  "rollout is drawn once per epoch (the paper states no T_D). An integer fixes T_D whatever the "
+                  "cache holds. Logged as decoder/steps_this_phase."},
+    )
+    decoder_epochs: float = field(
+        default=1.0,
+        metadata={"help": "Passes over the scored cached rollouts per decoder phase when decoder_steps_per_phase is "
+                  "None (ours: 1.0, each rollout once; 0.5 = half of them, 2 = each twice). Minibatches are drawn "
+                  "without replacement within a pass."},
     )
     decoder_batch_size: int = field(
-        default=8, metadata={"help": "Rollouts (and corpus images) per decoder step (ours: 8)."}
+        default=8,
+        metadata={"help": "Rollouts (and corpus images) per decoder step on each process (ours: 8); the global "
+                  "decoder batch is this times the number of processes (less if the cache holds fewer)."},
     )
     rollout_cache: str = field(
         default="clear",
@@ -179,7 +191,13 @@ class RankEConfig(SamplingArguments, GRPOConfig):
         default=False, metadata={"help": "Also train the codebook embedding in Stage 2 (ours: frozen)."}
     )
     discriminator_channels: int = field(default=64, metadata={"help": "Base width of the PatchGAN (ours)."})
-    discriminator_layers: int = field(default=3, metadata={"help": "Strided conv layers of the PatchGAN (ours)."})
+    discriminator_layers: int = field(
+        default=3,
+        metadata={"help": "Strided conv layers of the PatchGAN (ours: 3); they set the receptive field of each logit: "
+                  "1, 2, 3, 4, 5 layers see 16, 34, 70, 142, 286 px. The default's 70 px is 18% of Janus-Pro's 384 px "
+                  "side and 27% of LlamaGen's 256 px, but more than a whole 64 px image, where 1 (16 px, 25%) keeps it "
+                  "local. The trainer logs the field and warns when it covers the whole image."},
+    )
     max_nonfinite_decoder_steps: int = field(
         default=10,
         metadata={"help": "Stop with an error after this many consecutive non-finite decoder losses (ours)."},
@@ -253,7 +271,8 @@ class RankEConfig(SamplingArguments, GRPOConfig):
         ("learning_rate", 0.0, True, False), ("decoder_learning_rate", 0.0, True, False),
         ("discriminator_learning_rate", 0.0, True, False), ("decoder_weight_decay", 0.0, True, False),
         ("decoder_max_grad_norm", 0.0, False, True), ("diagnostics_smoothing", 0.0, True, False),
-        ("policy_steps_per_phase", 1, True, False), ("decoder_steps_per_phase", 1, True, False),
+        ("policy_steps_per_phase", 1, True, False), ("decoder_steps_per_phase", 1, True, True),
+        ("decoder_epochs", 0.0, False, False),
         ("decoder_batch_size", 1, True, False), ("rollout_cache_size", 1, True, False),
         ("diagnostics_max_images", 1, True, False), ("log_images_steps", 0, True, False),
         ("num_images_to_log", 1, True, False), ("generation_chunk_size", 1, True, True),

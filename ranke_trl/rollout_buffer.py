@@ -127,6 +127,22 @@ class RolloutBuffer:
         else:
             self._evict()
 
+    @property
+    def num_scored(self) -> int:
+        """Cached rollouts with a reward: those Stage 2 draws from."""
+        return len(self) - self.num_unscored
+
+    def global_batch_size(self, batch_size: int, num_processes: int = 1) -> int:
+        """Rows one decoder step draws over all processes: `batch_size` per process, shrunk (ours) so that a global
+        batch never exceeds the scored rollouts and splits evenly over the processes."""
+        if self.num_scored == 0:
+            raise ValueError("The rollout buffer is empty or holds no scored rollout; run Stage 1 (add rollouts) "
+                             "before a decoder phase, and check that the rewards return scores, not only None.")
+        per_process = min(batch_size, self.num_scored // num_processes)
+        if per_process < 1:
+            raise ValueError(f"{self.num_scored} scored rollouts cannot be split over {num_processes} processes.")
+        return per_process * num_processes
+
     def minibatches(
         self,
         batch_size: int,
@@ -136,29 +152,35 @@ class RolloutBuffer:
         process_index: int = 0,
         num_processes: int = 1,
     ) -> list[RolloutBatch]:
-        """Draw `num_batches` minibatches without replacement, reshuffling each time the buffer is used up.
+        """Draw `num_batches` minibatches of scored rollouts, without replacement within an epoch.
+
+        The scored rows are read as a stream of epochs, each a fresh permutation drawn from `generator`, and global
+        batches are consecutive slices of that stream: batches that cover E whole epochs draw every scored row
+        exactly E times. A batch that straddles two epochs never holds a row twice (ours): the rows it already has
+        from the old epoch are moved to the end of the new one, which still holds every row once.
 
         Each batch carries its rows' buffer indices (`rows`), so per-row quantities computed over the whole buffer
         (Stage 2's Rank-GAN weights, normalised over each full group) can be looked up for it.
 
         With several processes holding the same buffer (the trainer adds the gathered batch on every rank) and the
-        same `generator` seed, each global batch of `batch_size * num_processes` rows is split so every process gets
-        a disjoint slice. A buffer smaller than a global batch shrinks the batch (ours), so no row repeats in a batch.
+        same `generator` seed, each global batch (`global_batch_size`: `batch_size * num_processes`, shrunk for a
+        small buffer) is split so every process gets a disjoint slice of the same size.
         """
+        global_size = self.global_batch_size(batch_size, num_processes)
+        per_process = global_size // num_processes
         scored = torch.nonzero(~torch.isnan(self.rewards)).flatten()  # unscored rollouts are never drawn
-        if len(scored) == 0:
-            raise ValueError("The rollout buffer is empty or holds no scored rollout; run Stage 1 (add rollouts) before a decoder "
-                             "phase, and check that the rewards return scores, not only None.")
-        per_process = min(batch_size, len(scored) // num_processes)
-        if per_process < 1:
-            raise ValueError(f"{len(scored)} scored rollouts cannot be split over {num_processes} processes.")
-        global_size = per_process * num_processes
         order = torch.empty(0, dtype=torch.long)
         batches = []
         for _ in range(num_batches):
-            if order.numel() < global_size:  # drop the remainder of this pass; start a fresh permutation
-                order = scored[torch.randperm(len(scored), generator=generator)]
-            rows, order = order[:global_size], order[global_size:]
+            rows = order[:global_size]
+            if rows.numel() < global_size:  # this epoch is used up: continue with the next permutation
+                epoch = scored[torch.randperm(len(scored), generator=generator)]
+                repeat = torch.isin(epoch, rows)
+                order = torch.cat([epoch[~repeat], epoch[repeat]])
+                missing = global_size - rows.numel()
+                rows, order = torch.cat([rows, order[:missing]]), order[missing:]
+            else:
+                order = order[global_size:]
             rows = rows[process_index * per_process : (process_index + 1) * per_process]
             batches.append(
                 RolloutBatch(

@@ -10,7 +10,7 @@ from .losses import (
     reward_backprop_loss,
 )
 from .perceptual import build_lpips
-from .phase import DecoderPhase, EMATeacher
+from .phase import DecoderPhase, EMATeacher, reconstruction_error
 
 __all__ = [
     "DecoderPhase",
@@ -21,6 +21,7 @@ __all__ = [
     "discriminator_loss",
     "rank_gan_generator_loss",
     "rank_gan_weights",
+    "reconstruction_error",
     "reconstruction_loss",
     "reward_backprop_loss",
 ]

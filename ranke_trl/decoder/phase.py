@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -53,6 +54,19 @@ def resolve_lambda_rbp(lambda_rbp: float | None, reward_fns: Sequence) -> float:
 
 def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def reconstruction_error(codec: VQCodec, real_pixels: torch.Tensor,
+                         real_codes: torch.LongTensor | None = None) -> float:
+    """Fidelity proxy: mean L1 between `D_φ(z_gt)` and x on a fixed held-out batch x, (B, 3, H, W) in [-1, 1].
+
+    `real_codes` (B, N) are the ground-truth codes `z_gt`; None encodes them here with the codec's frozen encoder.
+    """
+    device = next(codec.module.parameters()).device
+    real_pixels = real_pixels.to(device, torch.float32)
+    codes = codec.encode(real_pixels) if real_codes is None else real_codes.to(device)
+    return F.l1_loss(codec.decode(codes).float(), real_pixels).item()
 
 
 class EMATeacher:
@@ -182,6 +196,7 @@ class DecoderPhase:
         self.discriminator = self.discriminator_optimizer = self.discriminator_scheduler = None
         if args.lambda_gan > 0:
             self.discriminator = PatchDiscriminator.from_config(args).to(self.device)
+            self._report_receptive_field(codec.image_size)
             self.discriminator_optimizer = self._adamw(
                 self.discriminator.parameters(), args.discriminator_learning_rate
             )
@@ -200,6 +215,20 @@ class DecoderPhase:
         self.num_steps = 0
         self.consecutive_nonfinite = 0
         self.total_nonfinite = 0
+
+    def _report_receptive_field(self, image_size: int) -> None:
+        size = self.discriminator.receptive_field.size
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        logger.info("PatchGAN discriminator: %d strided layers, each logit sees %d px, %.0f%% of the %d px image side.",
+                    self.args.discriminator_layers, size, 100 * size / image_size, image_size)
+        if size >= image_size:
+            sizes = [PatchDiscriminator(3, 1, n).receptive_field.size for n in range(1, self.args.discriminator_layers)]
+            local = [f"{n} ({px} px, {100 * px / image_size:.0f}%)" for n, px in enumerate(sizes, 1) if px < image_size]
+            logger.warning("The PatchGAN's %d px receptive field covers the whole %d px image, so Rank-GAN judges "
+                           "whole scenes rather than local texture and may push the decoder to repaint content. For a "
+                           "local discriminator set discriminator_layers to %s.", size, image_size,
+                           " or ".join(reversed(local)) if local else "1 and use larger images")
 
     def _adamw(self, params: Iterable[nn.Parameter], lr: float) -> torch.optim.AdamW:
         a = self.args
@@ -371,7 +400,8 @@ class DecoderPhase:
                 (`buffer.end_phase()`).
             corpus_batches: an iterable of corpus images, each item `pixels` or `(pixels, codes)`, pixels
                 (B_r, 3, H, W) in [-1, 1]; None when λ_rec = λ_gan = 0.
-            num_steps: T_D; default `args.decoder_steps_per_phase`.
+            num_steps: T_D; default :meth:`steps_per_phase` (`args.decoder_steps_per_phase`, or derived from the
+                cache and `args.decoder_epochs`).
             generator: minibatch sampling RNG; default one seeded from `args.seed` and the step counter, so every rank
                 draws the same minibatches and a resumed run draws what the uninterrupted one would have.
 
@@ -386,9 +416,9 @@ class DecoderPhase:
             - `grad_norm_decoder`, `grad_norm_disc`: total gradient norms before clipping.
             - `nonfinite_skipped`: how many steps of the phase were skipped (a count, not a mean).
             - `buffer_size`: cached rollouts; `unscored_rollouts`: those no reward could score (NaN), never drawn;
-              `decoder_steps`: decoder steps taken so far, over all phases.
+              `decoder_steps`: decoder steps taken so far, over all phases; `steps_this_phase`: T_D of this phase.
         """
-        num_steps = self.args.decoder_steps_per_phase if num_steps is None else num_steps
+        num_steps = self.steps_per_phase(buffer) if num_steps is None else num_steps
         if generator is None:
             generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.num_steps)
         rank = dist.get_rank() if _world_size() > 1 else 0
@@ -419,7 +449,17 @@ class DecoderPhase:
         metrics["buffer_size"] = float(len(buffer))
         metrics["unscored_rollouts"] = float(buffer.num_unscored)
         metrics["decoder_steps"] = float(self.num_steps)
+        metrics["steps_this_phase"] = float(num_steps)
         return metrics
+
+    def steps_per_phase(self, buffer: RolloutBuffer) -> int:
+        """T_D of a phase on `buffer`: `decoder_steps_per_phase` when set, else ceil(decoder_epochs x scored
+        rollouts / global decoder batch), so that each scored rollout is drawn once per epoch."""
+        if self.args.decoder_steps_per_phase is not None:
+            return self.args.decoder_steps_per_phase
+        global_batch = buffer.global_batch_size(self.args.decoder_batch_size, _world_size())
+        # Rounded first, so that e.g. 0.1 x 30 rows / 3 is 1 step, not 2 from float error.
+        return max(1, math.ceil(round(self.args.decoder_epochs * buffer.num_scored / global_batch, 9)))
 
     def _average_metrics_across_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
         # Every rank has the same keys: the λs are shared and skipped steps are agreed on by all ranks.
@@ -430,12 +470,9 @@ class DecoderPhase:
         dist.all_reduce(values)
         return dict(zip(keys, (values / _world_size()).tolist()))
 
-    @torch.no_grad()
     def reconstruction_error(self, real_pixels: torch.Tensor, real_codes: torch.LongTensor | None = None) -> float:
-        """Fidelity proxy: mean L1 between `D_φ(z_gt)` and x on a fixed held-out batch, (B, 3, H, W) in [-1, 1]."""
-        real_pixels = real_pixels.to(self.device, torch.float32)
-        codes = self.codec.encode(real_pixels) if real_codes is None else real_codes.to(self.device)
-        return F.l1_loss(self.codec.decode(codes).float(), real_pixels).item()
+        """Fidelity proxy of this phase's decoder (`reconstruction_error`)."""
+        return reconstruction_error(self.codec, real_pixels, real_codes)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
