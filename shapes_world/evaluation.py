@@ -218,7 +218,8 @@ class WorldEvalMetric:
     Keys: `shapes_clip_score` (the world CLIP's `100 * max(cos, 0)`, not the ViT-L/14 `clip_score`), `shapes_fid` and
     `shapes_fid_content` (against the cache's validation statistics), `unreadable_shapes`, `shapes_eval` (GenEval's
     overall) and `shapes_eval/<family>`, the rendering measures `render/off_palette`, `render/l1`,
-    `render/ssim_distance`, `render/confident` (`RENDERING`, `RENDERING_META`), and `shift/token_kl_bits`,
+    `render/ssim_distance`, `render/confident` (`RENDERING`, `RENDERING_META`) and their floor `render_floor/...`
+    (the same on the evaluated VQ's reconstructions of the prompts' real renders), `shift/token_kl_bits`,
     `shift/entropy_bits`, `shift/gt_entropy_bits` by the Appendix C protocol: every policy code of the run against
     the ground-truth codes of the same prompts' real renders, encoded by the evaluated VQ. Each process keeps its
     images; `compute` gathers them and scores all of them on every process, which is cheap at ShapesWorld's 64 px.
@@ -226,7 +227,8 @@ class WorldEvalMetric:
 
     def __init__(self, args, codec, accelerator):
         self.args, self.codec, self.accelerator = args, codec, accelerator
-        self.parts: dict[str, list] = {"images": [], "codes": [], "gt_codes": [], "prompts": [], "metadata": []}
+        self.parts: dict[str, list] = {"images": [], "codes": [], "gt_codes": [], "floor": [], "prompts": [],
+                                       "metadata": []}
 
     def prepare_references(self) -> None:
         from .plugin import prompt_scenes
@@ -247,7 +249,9 @@ class WorldEvalMetric:
         per = self.args.images_per_prompt
         self.parts["images"].append(images01.float().cpu())
         self.parts["codes"].append(codes.cpu())
-        self.parts["gt_codes"].append(self.codec.encode(real.float().div(127.5).sub(1).to(images01.device)).cpu())
+        gt_codes = self.codec.encode(real.float().div(127.5).sub(1).to(images01.device))
+        self.parts["gt_codes"].append(gt_codes.cpu())
+        self.parts["floor"].append(self.codec.decode_images(gt_codes).cpu())  # the rendering measures' floor
         self.parts["prompts"] += [record.prompt for record in records for _ in range(per)]
         self.parts["metadata"] += [record.metadata for record in records for _ in range(per)]
 
@@ -261,6 +265,8 @@ class WorldEvalMetric:
         shift = ShiftDiagnostics(CodeHistogram(size).update(gt_codes).counts, size, self.args.shift_smoothing)
         metrics = self.scorer(images, codes, joined["prompts"], joined["metadata"], shift)
         metrics["shapes_clip_score"] = metrics.pop("clip_score")
+        floor = rendering_report(torch.cat(joined["floor"]), self.scorer.shapes_eval)["means"]
+        metrics |= _finite({f"render_floor/{key}": value for key, value in floor.items()})
         return metrics, self._meta(shift, len(images), len(gt_codes))
 
     def _meta(self, shift: ShiftDiagnostics, num_images: int, num_real: int) -> dict:
@@ -275,6 +281,9 @@ class WorldEvalMetric:
             "shapes_fid_content": {**fid, "fake": "clean re-renders of the shapes ShapesEval reads in each image"},
             "unreadable_shapes": {"what": "fraction of detected objects whose kind ShapesEval cannot read"},
             "render": RENDERING_META,
+            "render_floor": {"what": "the render/* measures on the evaluated decoder's reconstructions (encode, then "
+                             "decode) of the prompts' real renders: the least this decoder scores",
+                             "num_images": num_real},
             "shapes_eval": {"scorer": "ShapesEval (shapes_world/shapes_eval.py), GenEval's rules",
                             "overall": "mean over prompt families of the fraction of images judged correct",
                             "num_images": num_images},

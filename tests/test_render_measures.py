@@ -209,9 +209,11 @@ def test_eval_reports_rendering_and_d0s_images_of_the_same_codes(tiny_world, tmp
     results = read_results(tmp_path / "results.json")
     metrics, meta = results["metrics"], results["meta"]
     assert {"render/off_palette", "render/confident"} <= set(metrics) and "render" in meta
+    assert {"render_floor/off_palette", "render_floor/confident"} <= set(metrics)  # VQ reconstructions of the reals
+    assert meta["render_floor"]["num_images"] == 4
     # The prepared policy renders with D0 itself, so the swap changes nothing.
     assert meta["d0"]["same_as_evaluated_decoder"] is True
-    shared = [key for key in metrics if not key.startswith(("d0/", "shift/"))]
+    shared = [key for key in metrics if not key.startswith(("d0/", "shift/", "render_floor/"))]
     assert shared and all(metrics[f"d0/{key}"] == metrics[key] for key in shared)
 
 
