@@ -310,8 +310,8 @@ def test_run_fails_clearly_when_the_corpus_runs_out(tmp_path, codec):
 
 def test_resume_from_state_dict_matches_an_uninterrupted_run(tmp_path, base_vq):
     args = make_args(tmp_path, lambda_rbp=0.5, lambda_gan=0.1, lambda_rec=1.0, lambda_cons=1.0, ema_decay=0.9)
-    batches = make_buffer().minibatches(4, 4, generator=torch.Generator().manual_seed(0))
-    reals = [real_images(seed=i) for i in range(4)]
+    batches = make_buffer().minibatches(4, 3, generator=torch.Generator().manual_seed(0))  # 2 steps, then 1 resumed
+    reals = [real_images(seed=i) for i in range(3)]
 
     def new_phase(decoder_state=None):
         codec = JanusVQCodec(copy.deepcopy(base_vq))
@@ -344,7 +344,7 @@ def test_resume_from_state_dict_matches_an_uninterrupted_run(tmp_path, base_vq):
     for a_params, b_params in pairs:
         for a, b in zip(a_params, b_params):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert resumed.num_steps == straight.num_steps == 4
+    assert len(batches) == 3 and resumed.num_steps == straight.num_steps == 3
 
 
 # ---------------------------------------------------------------------------------------------- several processes
