@@ -1,4 +1,4 @@
-"""Resuming RankE on a tiny LlamaGen: 2 steps, a checkpoint, then 2 resumed steps in a fresh trainer end where 4
+"""Resuming RankE on a tiny LlamaGen: 2 steps, a checkpoint, then 1 resumed step in a fresh trainer end where 3
 uninterrupted steps end (policy, EMA reference policy and co-evolved decoder)."""
 
 import torch
@@ -16,7 +16,7 @@ def _trainer(output_dir, **overrides):
         bf16=False,
         per_device_train_batch_size=8,
         num_generations=4,
-        max_steps=4,
+        max_steps=3,
         learning_rate=1e-3,
         decoder_learning_rate=1e-3,
         discriminator_learning_rate=1e-3,
@@ -67,7 +67,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     straight = _trainer(tmp_path / "a")
     straight.train()
     first = _trainer(tmp_path / "b", save_strategy="steps", save_steps=2)
-    first.args.max_steps = 2  # stop after step 2 as a crash would, on the 4-step schedule
+    first.args.max_steps = 2  # stop after step 2 as a crash would, on the 3-step schedule
     first.train()
     resumed = _trainer(tmp_path / "b")
     record = _RecordResume(resumed)
@@ -75,9 +75,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
 
     # It continued from the checkpoint (not from scratch, which would also end at the straight run's weights) ...
-    assert (record.begin_step, record.steps_run, resumed.state.global_step) == (2, 2, 4)
+    assert (record.begin_step, record.steps_run, resumed.state.global_step) == (2, 1, 3)
     assert torch.equal(record.begin_head, first.model.lm_head.weight)
-    assert resumed._decoder_phases == straight._decoder_phases == 4
+    assert resumed._decoder_phases == straight._decoder_phases == 3
     # ... and ended where the uninterrupted run did.
     _assert_close(straight.model.state_dict(), resumed.model.state_dict())  # policy (VQ detached while training)
     _assert_close(straight.ref_model.state_dict(), resumed.ref_model.state_dict())
