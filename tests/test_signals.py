@@ -1,7 +1,8 @@
 """SIGTERM and SIGINT stop training at the next step boundary with a full checkpoint, then exit with 128 + the signal
 number after saying how to resume; a second signal stops at once.
 
-The end-to-end tests send a real signal to a tiny run in its own process (`tests/interrupt_worker.py`).
+The end-to-end tests send a real SIGTERM to a tiny run in its own process (`tests/interrupt_worker.py`), alone and
+under `accelerate launch` on 2 ranks; the SIGINT test raises it inside a tiny run in this process, as Ctrl-C would.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from interrupt_worker import build_trainer, trained_state
-from transformers import TrainerControl, TrainerState
+from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from ranke_trl import interrupt
 from ranke_trl.interrupt import StopOnSignal, TrainingInterrupted, signal_on_any_rank, stop_on_signals
@@ -24,12 +25,6 @@ from ranke_trl.interrupt import StopOnSignal, TrainingInterrupted, signal_on_any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 MAX_STEPS = 4
-
-
-def run_worker(out, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, os.path.join("tests", "interrupt_worker.py"), "--out", str(out),
-               "--max_steps", str(MAX_STEPS), *extra]
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 def interrupt_worker(out, signum: int, launcher: tuple[str, ...] = (sys.executable,), *extra: str,
@@ -94,21 +89,38 @@ def test_sigterm_exit_message_says_how_to_resume(sigterm_run):
 
 def test_resuming_after_sigterm_matches_an_uninterrupted_run(sigterm_run, tmp_path):
     out, _, _ = sigterm_run
-    resumed = run_worker(out, "--resume", "true")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = build_trainer(str(out / "run"), max_steps=MAX_STEPS)
+    resumed.train(resume_from_checkpoint="true")  # as `--resume_from_checkpoint true` passes it
+    assert resumed.state.global_step == MAX_STEPS
     straight = build_trainer(str(tmp_path), max_steps=MAX_STEPS)
     straight.train()
-    expected, got = trained_state(straight), torch.load(out / "result.pt", weights_only=True)
+    expected, got = trained_state(straight), trained_state(resumed)
     for part, tensors in expected.items():
         for key, value in tensors.items():
             torch.testing.assert_close(got[part][key], value, atol=1e-5, rtol=1e-4, msg=f"{part}: {key}")
 
 
-def test_sigint_stops_with_a_checkpoint_and_exits_130(tmp_path):
-    code, output = interrupt_worker(tmp_path, signal.SIGINT)
-    assert code == 130, output[-3000:]
-    assert "Training stopped by SIGINT" in output
-    assert len(_checkpoints(tmp_path / "run")) == 1
+class SendSignalAtStepEnd(TrainerCallback):
+    """Sends `signum` to this process at the end of step 1, as a Ctrl-C during training would."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            signal.raise_signal(self.signum)
+
+
+def test_sigint_stops_with_a_checkpoint_and_exits_130(tmp_path, caplog):
+    trainer = build_trainer(str(tmp_path / "run"), max_steps=MAX_STEPS)
+    trainer.add_callback(SendSignalAtStepEnd(signal.SIGINT))
+    with caplog.at_level("WARNING", logger="ranke_trl.interrupt"), pytest.raises(TrainingInterrupted) as caught:
+        trainer.train()
+    assert caught.value.code == 130  # SystemExit(130): the exit status of a process that does not catch it
+    assert "Training stopped by SIGINT" in caplog.text
+    (checkpoint,) = _checkpoints(tmp_path / "run")
+    assert caught.value.checkpoint == str(tmp_path / "run" / checkpoint)
+    assert int(checkpoint.split("-")[1]) < MAX_STEPS
 
 
 # ---------------------------------------------------------------------------------------------- the handlers
@@ -204,7 +216,8 @@ def test_ranks_agree_to_stop_when_only_one_was_signalled():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_agree, args=(2, port, results), nprocs=2, join=True)
+    # Forked, not spawned: the ranks need nothing but torch.distributed, and a spawned one re-imports this module.
+    mp.start_processes(_agree, args=(2, port, results), nprocs=2, join=True, start_method="fork")
     assert dict(results) == {0: (True, True, signal.SIGTERM), 1: (True, True, signal.SIGTERM)}
 
 
