@@ -225,6 +225,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         args.lambda_rbp = resolve_lambda_rbp(args.lambda_rbp, [getattr(f, "func", f) for f in self.reward_funcs])
         self.rollout_buffer = self.decoder_phase = None
         self._decoder_phases = 0
+        self.last_decoder_metrics: dict[str, float] = {}  # the latest phase's, as `run_decoder_phase` returned them
         if args.train_decoder:
             self.rollout_buffer = RolloutBuffer(args.rollout_cache, args.rollout_cache_size)
             self.decoder_phase = DecoderPhase(
@@ -484,6 +485,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         self.rollout_buffer.end_phase()
         self._decoder_phases += 1
         metrics["phases"] = float(self._decoder_phases)
+        self.last_decoder_metrics = metrics
         logged = self._metrics["train"]
         for key, value in metrics.items():
             name = f"decoder/{key}"

@@ -12,11 +12,18 @@ mode, seeds, steps and evaluation), `RecipeArguments` (policy, prompts, rewards)
 
 A run of a row (one per seed) overrides only `seed` (and, for `grpo`, `data_seed` and a temporary `output_dir`), as
 `--key value` overrides of its recipe. Metrics are measured on fixed validation prompts with fixed per-image seeds
-(`evaluation.WorldEvaluator`) before training and every `eval_every` steps.
+(`evaluation.WorldEvaluator`) before training and every `eval_every` steps. Each evaluation point also keeps:
+
+- `heldout_rec_l1`: the decoder's reconstruction error (mean L1 in [-1, 1] pixels) on a fixed held-out batch of
+  world images (`held_out_images`: test-split scenes, never trained on), in every mode, so a decoder that drifts from
+  the pre-training manifold shows (the trainer's own `decoder/heldout_rec_l1` uses the last rows of its training set);
+- for a grpo row with a decoder phase, the trainer's Stage 2 metrics of the phases since the previous point, as
+  `decoder/<name>` (`summarise_decoder_phases`): the loss terms, `rank_weight_ess`, `rec_l1`, `steps_this_phase`...
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -32,14 +39,18 @@ from transformers import AutoProcessor, JanusForConditionalGeneration, TrainerCa
 
 from ranke_trl.corpus import image_to_tensor
 from ranke_trl.data import load_prompt_dataset
+from ranke_trl.decoder import reconstruction_error
 from ranke_trl.policy import make_policy
 from ranke_trl.recipes import RecipeArguments, RecipeError, RecipeParser
 from ranke_trl.rewards import load_reward
 
+from .data import make_split
 from .evaluation import METRICS, WorldEvaluator
 from .pretrain import shapes_cache_dir, shapes_policy_path
 
 ROW_MODES = ("base", "sft", "grpo")
+#: size of the fixed held-out batch of the reconstruction error (`heldout_rec_l1`)
+HELD_OUT_IMAGES = 32
 #: the rows `examples/shapes_experiment.py --quick` runs
 MAIN_ROWS = ["Base", "SFT", "Std. RL", "Decoder-only", "RankE"]
 
@@ -141,13 +152,53 @@ def load_row(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Experime
     return replace(row, args=row.parse(seed=0)[0])
 
 
+@functools.lru_cache(maxsize=4)
+def held_out_images(seed: int, num_images: int = HELD_OUT_IMAGES) -> torch.Tensor:
+    """(num_images, 3, 64, 64) in [-1, 1]: fixed test-split world images, for `heldout_rec_l1`."""
+    return torch.stack([image_to_tensor(im, 64) for im in make_split("test", num_images, seed=seed)["image"]])
+
+
+def summarise_decoder_phases(phases: list[dict[str, float]]) -> dict[str, float]:
+    """The Stage 2 metrics of several decoder phases (each as `RankEGRPOTrainer.run_decoder_phase` returns them) as
+    `decoder/<name>`: running totals (`phases`, `decoder_steps`) at their latest value, per-phase counts
+    (`nonfinite_skipped`, `unscored_rollouts`) summed, everything else the mean over the phases that logged it."""
+    from ranke_trl.trainer import _RUNNING_TOTALS, _WINDOW_COUNTS
+
+    summary = {}
+    for key in dict.fromkeys(k for phase in phases for k in phase):
+        values = [phase[key] for phase in phases if key in phase]
+        if key in _RUNNING_TOTALS:
+            summary[f"decoder/{key}"] = values[-1]
+        elif key in _WINDOW_COUNTS:
+            summary[f"decoder/{key}"] = sum(values)
+        else:
+            summary[f"decoder/{key}"] = statistics.fmean(values)
+    return summary
+
+
 class _EvalCallback(TrainerCallback):
-    def __init__(self, evaluate, every):
-        self.evaluate, self.every = evaluate, every
+    """Evaluates every `every` steps, with the trainer's decoder phases since the previous evaluation.
+
+    Added after the trainer's own callbacks, so a step's decoder phase has run when this one's `on_step_end` fires.
+    """
+
+    def __init__(self, trainer, evaluate, every):
+        self.trainer, self.evaluate, self.every = trainer, evaluate, every
+        self.phases: list[dict[str, float]] = []
+        self.seen = 0.0
+
+    def take_phases(self) -> dict[str, float]:
+        """`summarise_decoder_phases` of the phases since the last call (empty without a decoder phase)."""
+        summary, self.phases = summarise_decoder_phases(self.phases), []
+        return summary
 
     def on_step_end(self, args, state, control, **kwargs):
+        latest = self.trainer.last_decoder_metrics
+        if latest.get("phases", 0.0) > self.seen:  # a decoder phase ran at this step
+            self.phases.append(latest)
+            self.seen = latest["phases"]
         if state.global_step % self.every == 0:
-            self.evaluate(state.global_step)
+            self.evaluate(state.global_step, self.trainer.codec, self.take_phases())
 
 
 def _load_base(cache_dir):
@@ -162,7 +213,10 @@ def _train_prompts(script_args: RecipeArguments, seed: int):
 
 
 def run_row(row: ExperimentRow, seed: int, evaluator: WorldEvaluator, cache_dir) -> dict:
-    """Train one row with one seed; returns {"final": metrics, "curve": [...], "samples": images}."""
+    """Train one row with one seed; returns {"final": metrics, "curve": [...], "samples": images}.
+
+    Each curve point holds the step, the evaluator's metrics, `heldout_rec_l1` and (grpo rows with a decoder phase,
+    after step 0) the `decoder/<name>` Stage 2 metrics since the previous point."""
     from ranke_trl import RankEGRPOTrainer
     from ranke_trl.sft import ImageTokenSFT
 
@@ -173,10 +227,13 @@ def run_row(row: ExperimentRow, seed: int, evaluator: WorldEvaluator, cache_dir)
     curve: list[dict] = []
     samples = None
 
-    def evaluate(step: int, codec) -> None:
+    held_out = held_out_images(args.eval_seed)
+
+    def evaluate(step: int, codec, stage2: dict[str, float] | None = None) -> None:
         nonlocal samples
         metrics, samples = evaluator(model, policy, codec, seed)
-        curve.append({"step": step, **metrics})
+        curve.append({"step": step, **metrics, "heldout_rec_l1": reconstruction_error(codec, held_out),
+                      **(stage2 or {})})
 
     evaluate(0, policy.codec(model))  # Base's only point; every trained row's start
     if row.mode == "sft":
@@ -195,10 +252,11 @@ def run_row(row: ExperimentRow, seed: int, evaluator: WorldEvaluator, cache_dir)
             rewards = [load_reward(name, cache_dir=cache_dir, **common) for name in script_args.reward_funcs]
             trainer = RankEGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
                                        processing_class=processor)
-            trainer.add_callback(_EvalCallback(lambda step: evaluate(step, trainer.codec), args.eval_every))
+            callback = _EvalCallback(trainer, evaluate, args.eval_every)
+            trainer.add_callback(callback)
             trainer.train()
         if curve[-1]["step"] != args.steps:
-            evaluate(args.steps, trainer.codec)
+            evaluate(args.steps, trainer.codec, callback.take_phases())
     final = {k: v for k, v in curve[-1].items() if k != "step"}
     return {"final": final, "curve": curve, "samples": samples}
 
@@ -297,7 +355,8 @@ def markdown_table(payload: dict) -> str:
     """The paper's layout: one row per mode, mean ± std over seeds (n seeds in brackets)."""
     heads = {"clip_score": "CLIP ↑", "shapes_fid": "ShapesFID ↓", "shapes_eval": "ShapesEval ↑",
              "shift/token_kl_bits": "token KL (bits) ↓", "shift/entropy_bits": "entropy (bits)",
-             "shapes_fid_content": "content FID ↓", "unreadable_shapes": "unreadable ↓"}
+             "shapes_fid_content": "content FID ↓", "unreadable_shapes": "unreadable ↓",
+             "heldout_rec_l1": "held-out rec. L1 ↓"}
     families = sorted({k for row in payload["rows"].values() for k in row if k.startswith("shapes_eval/")})
     cols = [c for c in heads if any(c in row for row in payload["rows"].values())] + families
     lines = ["| run | " + " | ".join(heads[c] if c in heads else c.split("/", 1)[1] for c in cols) + " |",
