@@ -37,7 +37,7 @@ from .data import make_split
 from .pretrain import (
     FID_REFERENCE, load_shapes_fid, load_shapes_vq, read_manifest, shapes_cache_dir, shapes_clip_reward,
 )
-from .rendering import CONFIDENT_COVERAGE, OFF_PALETTE_DISTANCE, rendering_report
+from .rendering import CONFIDENT_COVERAGE, COVERAGE_MARGIN_PX, OFF_PALETTE_DISTANCE, rendering_report
 from .scenes import Scene, ShapeSpec, render_scene
 from .shapes_eval import ShapesEval, summarize
 from .vocab import KINDS, SIZES
@@ -305,8 +305,9 @@ RENDERING_META = {
           "objects of unreadable kind are re-rendered as background, so they count in full as error",
     "ssim_distance": "1 - SSIM (torchmetrics, Gaussian 11x11, sigma 1.5, data range 1; no learned weights) against "
                      "the same re-render, over confidently detected images",
-    "confident": f"fraction of images whose detected objects explain >= {CONFIDENT_COVERAGE:.0%} of their painted "
-                 "pixels (the images l1 and ssim_distance are averaged over; both absent when it is 0)",
+    "confident": f"fraction of images whose detected objects' boxes (widened {COVERAGE_MARGIN_PX} px) hold >= "
+                 f"{CONFIDENT_COVERAGE:.0%} of their ink (distance from white on non-background pixels): the images "
+                 "l1 and ssim_distance are averaged over (both absent when it is 0)",
     "code": "shapes_world/rendering.py",
 }
 
