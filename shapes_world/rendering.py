@@ -320,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     perturb.add_argument("--output", default=None, help="Also write the rows and settings to this JSON file.")
     args = parser.parse_args(argv)
     result = run_perturbation_check(args.cache, args.num_images, args.corpus_images, args.fractions, args.seed)
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    if args.output:  # strict JSON: an undefined mean (no confident image) is null
+        rows = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+                for row in result["rows"]]
+        Path(args.output).write_text(json.dumps({**result, "rows": rows}, indent=2, allow_nan=False) + "\n")
     print(json.dumps(result["settings"]))
     print(_table(result["rows"]))
     return 0

@@ -233,3 +233,17 @@ def test_the_train_time_report_shows_the_rendering_measures_both_sides_have(tmp_
     lines = world_eval_report(before, after, str(tmp_path)).splitlines()
     assert any(line.split()[:3] == ["render/off_palette", "0.02", "0.05"] for line in lines)
     assert not any("render/l1" in line for line in lines)  # undefined before training: no row, no made-up value
+
+
+@pytest.mark.slow
+def test_the_perturbation_command_writes_strict_json_rows(tiny_world, tmp_path, capsys):
+    import json
+
+    from shapes_world.rendering import main
+
+    output = tmp_path / "perturb.json"
+    assert main(["perturb", "--cache", tiny_world, "--num_images", "3", "--corpus_images", "8",
+                 "--fractions", "0", "0.2", "--output", str(output)]) == 0
+    result = json.loads(output.read_text(), parse_constant=lambda name: pytest.fail(f"non-JSON {name}"))
+    assert [row["p"] for row in result["rows"]] == [0.0, 0.2] and result["settings"]["num_images"] == 3
+    assert "| p | off_palette |" in capsys.readouterr().out
