@@ -53,3 +53,16 @@ def tiny_world(tmp_path_factory):
     from shapes_world.pretrain import prepare_shapes_world
 
     return prepare_shapes_world(tmp_path_factory.mktemp("shapes_world"), tiny=True, seed=0, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def zero2_launch(tmp_path_factory):
+    """One 2-process DeepSpeed ZeRO-2 launch (`tests/distributed_worker.py`) running a Janus job, then a LlamaGen job,
+    read by test_distributed.py and test_llamagen_distributed.py: `{backbone: (out_dir, [rank0, rank1])}`."""
+    pytest.importorskip("deepspeed")
+    from test_distributed import CONFIGS, launch_jobs
+
+    config, extra = CONFIGS["zero2"]
+    outs = {backbone: str(tmp_path_factory.mktemp(f"zero2_{backbone}")) for backbone in ("janus", "llamagen")}
+    ranks = launch_jobs(config, [(outs["janus"], extra), (outs["llamagen"], ["--backbone", "llamagen", *extra])])
+    return {backbone: (outs[backbone], r) for backbone, r in zip(outs, ranks)}

@@ -1,20 +1,23 @@
 """One rank of a distributed RankE run on the tiny recipe, launched by `tests/test_distributed.py`.
 
     accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 2 \
-        tests/distributed_worker.py --out DIR [--backbone janus|llamagen] [recipe overrides, e.g. --ddp_backend gloo]
+        tests/distributed_worker.py --out DIR [--backbone janus|llamagen] [recipe overrides, e.g. --ddp_backend gloo] \
+        [--then --out DIR2 ... another job, in the same processes]
 
 The backbone picks the tiny recipe (`recipes/tiny_<backbone>_clip.yaml`) and the code head the test watches.
 
 Run 1 trains `max_steps=2` (a decoder phase after each step, a checkpoint at step 2) and saves the whole system to
 `DIR/final`. Run 2 is a fresh trainer in the same processes that resumes from `DIR/run/checkpoint-2` to step 3.
 Each rank writes `DIR/rank<r>.pt` with whole (gathered) weights at each point, for the test to compare across ranks
-and against the saved files.
+and against the saved files. Jobs separated by `--then` run one after another in the same launch (one process start
+for several jobs under the same accelerate configuration).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 from transformers import TrainerCallback
@@ -76,10 +79,21 @@ def build_trainer(argv: list[str]):
 
 
 def main():
+    jobs, job = [], []
+    for arg in sys.argv[1:]:
+        if arg == "--then":
+            jobs, job = [*jobs, job], []
+        else:
+            job.append(arg)
+    for i, job in enumerate([*jobs, job]):
+        run_job(job, last=i == len(jobs))
+
+
+def run_job(argv: list[str], last: bool):
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--backbone", default="janus", choices=list(CODE_HEADS))
-    known, overrides = parser.parse_known_args()
+    known, overrides = parser.parse_known_args(argv)
     watched = watching(known.backbone)
     common = [
         "--recipe", f"recipes/tiny_{known.backbone}_clip.yaml", "--output_dir", os.path.join(known.out, "run"),
@@ -118,7 +132,8 @@ def main():
 
     torch.save(result, os.path.join(known.out, f"rank{resumed.accelerator.process_index}.pt"))
     resumed.accelerator.wait_for_everyone()
-    resumed.accelerator.end_training()
+    if last:
+        resumed.accelerator.end_training()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Each configuration is launched once (`accelerate launch --config_file recipes/ac
 --num_processes 2 tests/distributed_worker.py`) on the tiny recipe: 2 steps with a decoder phase after each and a
 checkpoint at step 2, a save of the whole system, then a fresh trainer resuming to step 3. The tests compare what the
 two ranks wrote. ZeRO-3 loads the policy with `from_pretrained`, so it is built partitioned (`zero.Init`), as a real
-checkpoint is; it runs once with full fine-tuning and once with LoRA.
+checkpoint is; its launch runs a full fine-tuning job, then a LoRA job. The ZeRO-2 launch also runs the LlamaGen job
+of `tests/test_llamagen_distributed.py` (the `zero2_launch` fixture in conftest.py).
 
 On CPU the launch needs one training argument accelerate cannot infer: `--use_cpu true` for DDP (gloo instead of
 NCCL), `--ddp_backend gloo` for DeepSpeed. The first DeepSpeed launch on a machine compiles DeepSpeed's CPU
@@ -40,17 +41,26 @@ def _free_port() -> int:
 
 def launch(config: str, out: str, extra: list[str]) -> list[dict]:
     """Run `tests/distributed_worker.py` on 2 processes with `recipes/accelerate/<config>`; returns each rank's dump."""
+    return launch_jobs(config, [(out, extra)])[0]
+
+
+def launch_jobs(config: str, jobs: list[tuple[str, list[str]]]) -> list[list[dict]]:
+    """Run the worker's jobs `(out_dir, extra arguments)` one after another in one 2-process launch with
+    `recipes/accelerate/<config>`; returns each job's rank dumps."""
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    worker_args = []
+    for i, (out, extra) in enumerate(jobs):
+        worker_args += [*(["--then"] if i else []), "--out", out, *extra]
     command = [
         accelerate, "launch", "--config_file", os.path.join("recipes", "accelerate", config), "--num_processes", "2",
-        "--main_process_port", str(_free_port()), os.path.join("tests", "distributed_worker.py"), "--out", out, *extra,
+        "--main_process_port", str(_free_port()), os.path.join("tests", "distributed_worker.py"), *worker_args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
            "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-6000:]}")
-    return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+    return [[torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(2)] for out, _ in jobs]
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +70,27 @@ def tiny_dir(tmp_path_factory):
     return save_tiny_janus(tmp_path_factory.mktemp("tiny_janus"))
 
 
+@pytest.fixture(scope="module")
+def zero3_launch(tmp_path_factory, tiny_dir):
+    """One ZeRO-3 launch of two jobs: full fine-tuning, then a LoRA adapter on the partitioned policy (the reference
+    is the adapter-disabled base model). `{"full": (out_dir, ranks), "lora": (out_dir, ranks)}`."""
+    pytest.importorskip("deepspeed")
+    config, extra = CONFIGS["zero3"]
+    extra = [*extra, "--model_name_or_path", tiny_dir]
+    outs = {name: str(tmp_path_factory.mktemp(f"zero3_{name}")) for name in ("full", "lora")}
+    lora = ["--use_peft", "true", "--sync_ref_model", "false"]
+    full_ranks, lora_ranks = launch_jobs(config, [(outs["full"], extra), (outs["lora"], [*extra, *lora])])
+    return {"full": (outs["full"], full_ranks), "lora": (outs["lora"], lora_ranks)}
+
+
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def run(request, tmp_path_factory, tiny_dir):
+def run(request, tmp_path_factory):
     """`(name, out_dir, [rank0, rank1])` for one launched configuration."""
-    if request.param.startswith("zero"):
-        pytest.importorskip("deepspeed")
-    config, extra = CONFIGS[request.param]
+    if request.param == "zero2":
+        return ("zero2", *request.getfixturevalue("zero2_launch")["janus"])
     if request.param == "zero3":
-        extra = [*extra, "--model_name_or_path", tiny_dir]
+        return ("zero3", *request.getfixturevalue("zero3_launch")["full"])
+    config, extra = CONFIGS[request.param]
     out = str(tmp_path_factory.mktemp(request.param))
     return request.param, out, launch(config, out, extra)
 
@@ -150,13 +173,9 @@ def test_saved_system_holds_the_trained_policy_and_decoder(run):
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, tiny_dir):
+def lora_run(zero3_launch):
     """ZeRO-3 with a LoRA adapter on the partitioned policy (the reference is the adapter-disabled base model)."""
-    pytest.importorskip("deepspeed")
-    config, extra = CONFIGS["zero3"]
-    out = str(tmp_path_factory.mktemp("zero3_lora"))
-    extra = [*extra, "--model_name_or_path", tiny_dir, "--use_peft", "true", "--sync_ref_model", "false"]
-    return out, launch(config, out, extra)
+    return zero3_launch["lora"]
 
 
 def test_lora_under_zero3_trains_only_the_adapter_and_ranks_agree(lora_run):

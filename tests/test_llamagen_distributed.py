@@ -1,10 +1,11 @@
 """RankE on a tiny LlamaGen on two processes under DeepSpeed ZeRO-2 (CPU, gloo), with the shipped accelerate config.
 
-One launch (`accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 2
-tests/distributed_worker.py --backbone llamagen --ddp_backend gloo`) runs the `tiny_llamagen_clip` recipe: 2 steps
-with a decoder phase after each and a checkpoint at step 2, a save of the whole system, then a fresh trainer resuming
-to step 3. The tests compare what the two ranks wrote (see `tests/test_distributed.py` for Janus on DDP, ZeRO-2 and
-ZeRO-3).
+One job of the ZeRO-2 launch (`accelerate launch --config_file recipes/accelerate/zero2.yaml --num_processes 2
+tests/distributed_worker.py ... --then --backbone llamagen --ddp_backend gloo`, the `zero2_launch` fixture in
+conftest.py, which runs Janus's ZeRO-2 job of `tests/test_distributed.py` in the same processes) runs the
+`tiny_llamagen_clip` recipe: 2 steps with a decoder phase after each and a checkpoint at step 2, a save of the whole
+system, then a fresh trainer resuming to step 3. The tests compare what the two ranks wrote (see
+`tests/test_distributed.py` for Janus on DDP, ZeRO-2 and ZeRO-3).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 
 import pytest
 import torch
-from test_distributed import launch
 
 pytestmark = pytest.mark.distributed
 
@@ -21,11 +21,9 @@ HEAD = "lm_head.weight"  # LlamaGen's code classifier
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    """`(out_dir, [rank0, rank1])` of the ZeRO-2 launch."""
-    pytest.importorskip("deepspeed")
-    out = str(tmp_path_factory.mktemp("llamagen_zero2"))
-    return out, launch("zero2.yaml", out, ["--backbone", "llamagen", "--ddp_backend", "gloo"])
+def ranks(zero2_launch):
+    """`(out_dir, [rank0, rank1])` of the LlamaGen job of the ZeRO-2 launch."""
+    return zero2_launch["llamagen"]
 
 
 @pytest.fixture(scope="module")
