@@ -15,21 +15,32 @@ has its real shape and cost. Prints:
    - LlamaGen: the model's own KV-cached loop (`generate_images`, which the adapter calls) against the same loop
      without a KV cache (`use_cache=False`, quadratic), on the first 8 rows only (the baseline alone would take
      minutes at 512 px).
+   The sampler is `--sampler` (default: "compiled", the static-cache sampler with its decoding step compiled, on a
+   GPU; "eager" with --tiny); with another than "eager" the eager sampler's tokens/s is printed too. Beside them:
+   the H200 roofline of the same sampling (`cost_model.rollout_roofline`): each of the N decoding steps reads the
+   generation weights (bf16) and the KV cache so far (2 x layers x width x bf16 per token per row, over the
+   2 x images CFG rows) at 4.8 TB/s, or does its FLOPs at 989 TFLOP/s, whichever takes longer; tokens/s = images x
+   N / the sum of the steps. For Janus-Pro-1B at 128 images x 2 rows the KV cache dominates (it grows to ~31 GB).
 2. RankE steps (policy phase + decoder phase), the last one reported: seconds and peak accelerator memory of each
    phase.
-3. The decoder-overhead ratio: RankE step time / its policy phase alone (the Std. RL step).
+3. The decoder-overhead ratios: RankE step time / its policy phase alone (the Std. RL step), and the peak memory of
+   the step / that of its policy phase; beside them, cost_model.py's projection for the same shapes and schedule
+   (on an H200, and at the paper's per-device schedule).
 
     python benchmarks/gpu_check.py                                   # cuda, Janus-Pro-1B shapes, bf16
     python benchmarks/gpu_check.py --gradient_checkpointing --decoder_gradient_checkpointing --ema_device cpu
     python benchmarks/gpu_check.py --backbone llamagen --image_size 256
     python benchmarks/gpu_check.py --backbone llamagen --image_size 512 --gradient_checkpointing
     python benchmarks/gpu_check.py --tiny [--backbone llamagen]      # tiny shapes on CPU, seconds (tests)
+
+On one H200 the whole check (Janus-Pro-1B, compiled sampler) is meant to take under 8 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
@@ -43,6 +54,9 @@ from ranke_trl.policy import JanusPolicy
 from ranke_trl.policy.llamagen import LlamaGenPolicy
 from ranke_trl.rewards import CLIPReward
 from ranke_trl.tiny import build_tiny_janus, build_tiny_janus_processor, build_tiny_janus_tokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/cost_model.py, also when imported by path
+import cost_model  # noqa: E402
 
 GiB = 2**30
 # Per scale: rollout benchmark (prompts x samples), RankE step (per-device batch x accumulation, group size G),
@@ -150,9 +164,10 @@ def _baseline_sampler(backbone: str, model, rows, guidance_scale: float, do_samp
 
 
 def rollout_throughput(backbone: str, model, device, prompts: int, samples: int, guidance_scale: float,
-                       baseline_rows: int | None = None) -> dict:
-    """Image tokens/s of the rollout sampler on `prompts x samples` rows and of the baseline on the first
-    `baseline_rows` of them (None: all), the speedup on those rows, and a greedy agreement check on one prompt."""
+                       baseline_rows: int | None = None, sampler: str = "eager") -> dict:
+    """Image tokens/s of the rollout sampler (`sampler`: eager | static | compiled) on `prompts x samples` rows and of
+    the baseline on the first `baseline_rows` of them (None: all), the speedup on those rows, and a greedy agreement
+    check on one prompt; with a sampler other than eager, the eager sampler's tokens/s too."""
     policy = (JanusPolicy(build_tiny_janus_tokenizer(), model) if backbone == "janus"
               else LlamaGenPolicy(build_processor(backbone), model))  # fmt: skip
     baseline = {"janus": "hf_generate", "llamagen": "no_kv_cache"}[backbone]
@@ -161,8 +176,9 @@ def rollout_throughput(backbone: str, model, device, prompts: int, samples: int,
     compared = batch if baseline_rows is None else policy.encode_prompts(texts[:baseline_rows], device=device)
     single = policy.encode_prompts(["a red circle"], device=device)
 
-    def ours(rows):
-        return policy.sample(model, rows, guidance_scale=guidance_scale, temperature=1.0, top_k=0, top_p=1.0)
+    def ours(rows, which=sampler):
+        return policy.sample_codes(model, rows, sampler=which, guidance_scale=guidance_scale, temperature=1.0,
+                                   top_k=0, top_p=1.0)
 
     def theirs(rows):
         return _baseline_sampler(backbone, model, rows, guidance_scale, do_sample=True)
@@ -176,22 +192,51 @@ def rollout_throughput(backbone: str, model, device, prompts: int, samples: int,
         return time.perf_counter() - start
 
     with torch.no_grad():
-        greedy_ours = policy.sample(model, single, guidance_scale=guidance_scale, do_sample=False)
+        greedy_ours = policy.sample_codes(model, single, sampler=sampler, guidance_scale=guidance_scale,
+                                          do_sample=False)
         greedy_baseline = _baseline_sampler(backbone, model, single, guidance_scale, do_sample=False)
-        ours(single), theirs(single)  # warm-up: kernels, allocator
+        theirs(single)  # warm-up: kernels, allocator
+        ours(batch), ours(compared)  # warm-up, and the compiled sampler's compilation at these batch sizes
         seconds = {"ours": timed(ours, batch), baseline: timed(theirs, compared)}
         ours_compared = seconds["ours"] if compared is batch else timed(ours, compared)
+        if sampler != "eager":
+            seconds["eager"] = timed(lambda rows: ours(rows, "eager"), batch)
     tokens, compared_tokens = (rows.input_ids.size(0) * policy.num_image_tokens for rows in (batch, compared))
     results = {
+        "sampler": sampler,
         "rollout_rows": len(texts),
         "greedy_codes_identical": bool(torch.equal(greedy_ours, greedy_baseline)),
         "ours_tokens_per_s": tokens / seconds["ours"],
         f"{baseline}_tokens_per_s": compared_tokens / seconds[baseline],
         f"speedup_vs_{baseline}": seconds[baseline] / ours_compared,
     }
+    if "eager" in seconds:
+        results["eager_tokens_per_s"] = tokens / seconds["eager"]
     if compared is not batch:
         results["baseline_rows"] = compared.input_ids.size(0)
     return results
+
+
+def projection(backbone: str, tiny: bool, image_size: int, step: dict, rows: int, tokens_per_s: float) -> dict:
+    """cost_model.py's figures for these shapes: the H200 rollout roofline, and the time and memory ratios at this
+    check's schedule (16 rollouts x 8 accumulated micro-batches, then the derived T_D = 128 / 8 = 16 decoder steps;
+    `SCALES`) and the paper's per-device one (16 rollouts, T_D = 2)."""
+    scale = SCALES["tiny" if tiny else "full"]
+    config = "tiny" if tiny else ("real512" if image_size == 512 else "real")
+    here = cost_model.Settings(rollouts=scale["per_device"], group_size=scale["generations"],
+                               decoder_batch=scale["decoder_batch"], accumulation=scale["accumulation"])
+    units = cost_model.count_units(backbone, config, here)
+    hw = cost_model.H200
+    out = {"h200_rollout_roofline_tokens_per_s": cost_model.rollout_roofline(units, rows, hw)}
+    out["rollout_fraction_of_roofline"] = tokens_per_s / out["h200_rollout_roofline_tokens_per_s"]
+    for name, settings in (("this_schedule", here), ("paper_schedule", cost_model.Settings())):
+        std, ranke = (cost_model.step_cost(units, settings, ranke=r) for r in (False, True))
+        out[f"projected_time_ratio_{name}"] = ranke.time(hw) / std.time(hw)
+        out[f"projected_memory_ratio_{name}"] = ranke.peak_bytes() / std.peak_bytes()
+    if step["policy_peak_gib"] is not None:
+        out["measured_memory_ratio"] = max(step["policy_peak_gib"], step["decoder_peak_gib"]) / step["policy_peak_gib"]
+    out["measured_time_ratio"] = step["decoder_overhead_ratio"]
+    return out
 
 
 class _StepProfile(TrainerCallback):
@@ -289,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decoder_gradient_checkpointing", action="store_true", help="Checkpoint the VQ decoder.")
     parser.add_argument("--ema_device", default=None, help="Where the EMA teacher decoder lives, e.g. 'cpu'.")
     parser.add_argument("--ema_dtype", default=None, help="EMA teacher dtype, e.g. 'bfloat16'.")
+    parser.add_argument("--sampler", default=None, choices=["eager", "static", "compiled"],
+                        help="Rollout sampler (default: compiled on a GPU, eager with --tiny).")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda"))
     if not args.tiny and device.type != "cuda":
@@ -299,8 +346,10 @@ def main(argv: list[str] | None = None) -> dict:
     scale = SCALES["tiny" if args.tiny else "full"]
     guidance_scale = GUIDANCE_SCALES[args.backbone]
     baseline_rows = None if args.tiny else BASELINE_ROWS[args.backbone]
+    sampler = args.sampler or ("eager" if args.tiny else "compiled")
     options = {k: getattr(args, k) for k in ("gradient_checkpointing", "decoder_gradient_checkpointing",
                                               "ema_device", "ema_dtype")}
+    options["sampler"] = sampler
 
     model = build_model(args.backbone, args.tiny, device, image_size)
     full_name = "Janus-Pro-1B" if args.backbone == "janus" else f"LlamaGen-XL {image_size} px"
@@ -309,13 +358,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"RankE GPU check: {results['scale']} on {device}")
     print(f"Rollouts: {scale['prompts']} prompts x {scale['samples']} samples, CFG {guidance_scale:g}")
     results.update(rollout_throughput(args.backbone, model, device, scale["prompts"], scale["samples"],
-                                      guidance_scale, baseline_rows))  # fmt: skip
+                                      guidance_scale, baseline_rows, sampler))  # fmt: skip
     _print(results)
     print(f"RankE: {args.steps} steps, the last one reported; options {options}")
     with tempfile.TemporaryDirectory() as workdir:
         step = ranke_steps(args.backbone, model, device, args.tiny, args.steps, options, workdir)
     _print(step)
     results.update(step, options=options)
+    print("Projection (benchmarks/cost_model.py; paper: 1.05x time, 1.70x memory)")
+    projected = projection(args.backbone, args.tiny, image_size, step, results["rollout_rows"],
+                           results["ours_tokens_per_s"])
+    _print(projected)
+    results.update(projected)
     return results
 
 

@@ -2,7 +2,8 @@
 
 `MODEL_SHAPES[backbone][config]` holds the keyword arguments of the backbone's builder
 (`ranke_trl.tiny.build_tiny_janus`, `ranke_trl.models.llamagen.tiny_llamagen.build_tiny_llamagen`);
-`build_model(backbone, config)` calls it. `REWARD_SHAPES[config]` is the CLIP reward's open_clip config
+`build_model(backbone, config)` calls it. The real models' published configs are in `gpu_check.py`
+(`janus_pro_1b_config`, `llamagen_xl_config`); `cost_model.py` counts them on the meta device. `REWARD_SHAPES[config]` is the CLIP reward's open_clip config
 (None: `CLIPReward.tiny()`).
 
 - "tiny": the test scale (64 px, 8x8 codes for Janus and 4x4 for LlamaGen, codebook 256, 2-layer, 64-wide).
@@ -10,8 +11,9 @@
 - "proportional": the real policy:decoder cost ratio at a size one CPU runs. The policy keeps the real layer
   shape (Janus-Pro-1B: hidden 2048, 16 heads, MLP 5632; LlamaGen-XL: hidden 1280, 20 heads, MLP 3584), the
   real generation head onto the real codebook (16384) and the real code count (Janus 576 at 384 px, LlamaGen
-  256 at 256 px), with 1 layer instead of 24 (Janus) and 2 instead of 36 (LlamaGen). The VQ is the real VQ-16 architecture (channel multipliers
-  [1, 1, 2, 2, 4], 2 residual blocks per level, 3 in the decoder) at a quarter of its width (base channels 32
+  256 at 256 px), with 1 layer instead of 24 (Janus) and 2 instead of 36 (LlamaGen). The VQ is the real VQ-16
+  architecture (channel multipliers [1, 1, 2, 2, 4], 2 residual blocks per level, 3 in the decoder) at a quarter
+  of its width (base channels 32
   instead of 128, latent 64 instead of 256), so its FLOPs shrink by 570 / 36.3 = 15.7x at 384 px (counted with
   `FlopCounterMode`). The layer counts are the integers nearest to a 15.7x shrink of the policy: per image
   (one teacher-forced forward over the codes, against one decoder forward) the policy:decoder FLOP ratio is
@@ -42,8 +44,6 @@ MODEL_SHAPES = {
         "proportional": dict(
             image_size=384, patch_size=16, codebook_size=CODEBOOK, **dict(JANUS_PRO_1B, num_layers=1), **VQ16_QUARTER
         ),  # 24x24 codes
-        # The real model, for counting on the meta device only (cost_model.py).
-        "real": dict(image_size=384, patch_size=16, codebook_size=CODEBOOK, **JANUS_PRO_1B, **VQ16),
     },
     "llamagen": {
         "tiny": dict(grid_size=4, hidden_size=64, num_layers=2),  # 64 px, 4x4 codes
@@ -51,8 +51,6 @@ MODEL_SHAPES = {
         "proportional": dict(
             grid_size=16, codebook_size=CODEBOOK, **dict(LLAMAGEN_XL, num_layers=2), vq_overrides=VQ16_QUARTER
         ),
-        "real": dict(grid_size=16, codebook_size=CODEBOOK, caption_dim=2048, **LLAMAGEN_XL, vq_overrides=VQ16),
-        "real512": dict(grid_size=32, codebook_size=CODEBOOK, caption_dim=2048, **LLAMAGEN_XL, vq_overrides=VQ16),
     },
 }
 

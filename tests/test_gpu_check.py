@@ -40,6 +40,13 @@ def test_tiny_run_reports_every_figure(gpu_check, capsys):
     assert results["decoder_overhead_ratio"] > 1  # the decoder phase adds time to the policy phase
     assert results["policy_peak_gib"] is None and "n/a (CPU)" in printed  # peak memory is measured on CUDA only
     assert results["options"]["decoder_gradient_checkpointing"] is True
+    # cost_model.py's projection for the same shapes, beside the measured ratio
+    assert "paper: 1.05x time, 1.70x memory" in printed
+    for key in ("h200_rollout_roofline_tokens_per_s", "projected_time_ratio_this_schedule",
+                "projected_memory_ratio_paper_schedule"):
+        assert results[key] > 0, key
+        assert key in printed
+    assert results["projected_time_ratio_this_schedule"] > 1 and results["measured_time_ratio"] > 1
 
 
 @pytest.mark.parametrize("image_size", [256, 512])
@@ -87,3 +94,11 @@ def test_llamagen_baseline_runs_on_the_first_rows_only(gpu_check):
                                            guidance_scale=7.5, baseline_rows=2)  # fmt: skip
     assert results["rollout_rows"] == 8 and results["baseline_rows"] == 2
     assert results["greedy_codes_identical"] is True and results["speedup_vs_no_kv_cache"] > 0
+
+
+def test_a_static_cache_sampler_is_timed_beside_the_eager_one(gpu_check):
+    model = gpu_check.build_model("janus", tiny=True, device=torch.device("cpu"))
+    results = gpu_check.rollout_throughput("janus", model, torch.device("cpu"), prompts=1, samples=2,
+                                           guidance_scale=5.0, sampler="static")  # fmt: skip
+    assert results["sampler"] == "static" and results["greedy_codes_identical"] is True
+    assert results["ours_tokens_per_s"] > 0 and results["eager_tokens_per_s"] > 0
