@@ -1,45 +1,61 @@
 """Layers go one way: `ranke_trl` imports nothing of ShapesWorld, which sits on top of it as a plugin."""
 
 import ast
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 LIBRARY = Path(__file__).resolve().parents[1] / "ranke_trl"
 
 
-def _fresh_python(code: str) -> subprocess.CompletedProcess:
+# One fresh interpreter checks both layer rules, in this order: first the built-in names, with nothing else imported
+# (so no earlier import can register them), then an import of every library module. Each part reports on its own.
+FRESH_PYTHON = """
+import importlib, json, pkgutil, sys, traceback
+report = {}
+try:
+    from ranke_trl.data import open_dataset
+    from ranke_trl.evaluation.eval_sets import get_prompt_set
+    from ranke_trl.rewards import load_reward
+    assert len(open_dataset('tiny', num_rows=4)) == 4
+    get_prompt_set('dataset'); load_reward('tiny_clip')
+    report['builtin_leaked'] = sorted(m for m in sys.modules if m.split('.')[0] == 'shapes_world')
+except Exception:
+    report['builtin_error'] = traceback.format_exc()
+try:
+    import ranke_trl
+    names = [m.name for m in pkgutil.walk_packages(ranke_trl.__path__, 'ranke_trl.')]
+    for name in names:
+        importlib.import_module(name)
+    report['modules'] = len(names)
+    report['leaked'] = sorted(m for m in sys.modules if m.split('.')[0] == 'shapes_world')
+except Exception:
+    report['import_error'] = traceback.format_exc()
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_python() -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
-
-
-def test_importing_every_library_module_imports_nothing_of_shapes_world():
-    result = _fresh_python(
-        "import importlib, pkgutil, sys\n"
-        "import ranke_trl\n"
-        "names = [m.name for m in pkgutil.walk_packages(ranke_trl.__path__, 'ranke_trl.')]\n"
-        "for name in names:\n"
-        "    importlib.import_module(name)\n"
-        "leaked = sorted(m for m in sys.modules if m.split('.')[0] == 'shapes_world')\n"
-        "assert not leaked, leaked\n"
-        "print(len(names))\n"
-    )
+    result = subprocess.run([sys.executable, "-c", FRESH_PYTHON], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert int(result.stdout.split()[-1]) > 30  # every module was imported
+    return json.loads(result.stdout.splitlines()[-1])
 
 
-def test_the_builtin_names_work_without_loading_any_plugin():
-    result = _fresh_python(
-        "import sys\n"
-        "from ranke_trl.data import open_dataset\n"
-        "from ranke_trl.evaluation.eval_sets import get_prompt_set\n"
-        "from ranke_trl.rewards import load_reward\n"
-        "assert len(open_dataset('tiny', num_rows=4)) == 4\n"
-        "get_prompt_set('dataset'); load_reward('tiny_clip')\n"
-        "assert 'shapes_world' not in sys.modules\n"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_importing_every_library_module_imports_nothing_of_shapes_world(fresh_python):
+    assert "import_error" not in fresh_python, fresh_python["import_error"][-3000:]
+    assert fresh_python["leaked"] == []
+    assert fresh_python["modules"] > 30  # every module was imported
+
+
+def test_the_builtin_names_work_without_loading_any_plugin(fresh_python):
+    assert "builtin_error" not in fresh_python, fresh_python["builtin_error"][-3000:]
+    assert fresh_python["builtin_leaked"] == []
 
 
 def test_no_library_module_names_shapes_world_even_inside_a_function():
