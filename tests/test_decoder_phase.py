@@ -371,7 +371,9 @@ def _distributed_worker(rank, world_size, init_file, out_dir):
 def test_ranks_stay_identical_under_torch_distributed(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    # Forked, not spawned: a spawned rank re-imports this module and the library before it starts.
+    mp.start_processes(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert torch.equal(results[0]["params"], results[1]["params"])
     assert results[0]["metrics"] == results[1]["metrics"]  # metrics are averaged across ranks
