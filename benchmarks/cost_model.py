@@ -39,7 +39,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/shapes.py, also when imported by path
-from shapes import MODEL_SHAPES, REWARD_SHAPES, build_model  # noqa: E402
+from shapes import MODEL_SHAPES, REWARD_SHAPES, STEP_SHAPES, build_model  # noqa: E402
 
 PAPER = {"time": 1.05, "memory": 56 / 33}
 
@@ -88,6 +88,13 @@ class Settings:
     fp32_bytes: int = 4  # PatchGAN, CLIP, LPIPS
     discriminator_channels: int = 64
     discriminator_layers: int = 3
+    activation_checkpointing: bool = False  # of the policy's layers (RankEConfig.activation_checkpointing)
+
+    @classmethod
+    def like_decoder_overhead(cls, config: str, **changes) -> Settings:
+        """decoder_overhead.py's step: T_D = 1, no LPIPS, fp32 (bf16=False), the config's STEP_SHAPES."""
+        return cls(decoder_steps=1, lambda_lpips=0.0, policy_bytes=4, activation_bytes=4,
+                   **{**STEP_SHAPES.get(config, {}), **changes})
 
 
 def count(fn, weights: frozenset = frozenset()) -> tuple[float, float]:
@@ -125,6 +132,8 @@ class Units:
     layers: int = 0
     kv_width: int = 0
     generation_params: int = 0  # what each sampling step reads: LM layers, image head and code embedding
+    hidden: int = 0
+    codebook: int = 0
 
 
 def _policy_pieces(model, backbone: str, settings: Settings):
@@ -135,7 +144,7 @@ def _policy_pieces(model, backbone: str, settings: Settings):
         lm, head = inner.language_model, inner.generation_head
         embed_codes = lambda z: inner.generation_aligner(inner.generation_embeddings(z))  # noqa: E731
         embed_prefix = lambda: lm.embed_tokens(torch.zeros(1, prefix, dtype=torch.long))  # noqa: E731
-        frozen = [inner.vision_model, inner.aligner, inner.vqmodel]
+        frozen = [inner.vision_model, inner.aligner, inner.vqmodel, model.lm_head]  # lm_head: the text head
     else:
         codes, prefix = model.config.image_grid_size**2, model.config.caption_max_length
         lm, head = inner.language_model, model.lm_head
@@ -171,6 +180,7 @@ def count_units(backbone: str, config: str, settings: Settings) -> Units:
         text = model.config.get_text_config()
         units.layers = text.num_hidden_layers
         units.kv_width = text.num_key_value_heads * (text.hidden_size // text.num_attention_heads)
+        units.hidden, units.codebook = text.hidden_size, vq.config.num_embeddings
         policy_trained = [p for p in model.parameters() if p.requires_grad]
         z = torch.zeros(1, codes, dtype=torch.long)
 
@@ -260,7 +270,7 @@ def _build_clip(config: str):
 
     from ranke_trl.tiny import tiny_clip_config
 
-    shape = REWARD_SHAPES.get(config) or tiny_clip_config()
+    shape = REWARD_SHAPES.get("real" if config.startswith("real") else config) or tiny_clip_config()
     return open_clip.CLIP(**shape).eval().requires_grad_(False)
 
 
@@ -294,6 +304,16 @@ class StepCost:
         return static + max((v for k, v in self.memory.items() if k.startswith("act_")), default=0.0)
 
 
+def _policy_saved(u: Units, s: Settings) -> float:
+    """Saved bytes per row of the policy's forward (fp32 count): all layers' activations, or with activation
+    checkpointing each layer's input plus one layer recomputed during backward (the head's share is kept whole)."""
+    if not s.activation_checkpointing:
+        return u.saved["policy"]
+    head = u.codes * u.codebook * 4 * 2  # the fp32 logits and log-softmax over the codebook
+    per_layer = (u.saved["policy"] - head) / u.layers
+    return head + per_layer + u.layers * (u.prefix + u.codes) * u.hidden * 4
+
+
 def step_cost(units: Units, settings: Settings, ranke: bool) -> StepCost:
     """Assemble one policy step (and, for RankE, its T_D decoder steps) from the counted units."""
     s, u, cost = settings, units, StepCost()
@@ -309,6 +329,8 @@ def step_cost(units: Units, settings: Settings, ranke: bool) -> StepCost:
     cost.flops["reward_clip"] = B * u.flops["clip_image"] + prompts * u.flops["clip_text"]
     cost.flops["reference_fwd"] = train_rows * u.flops["policy_fwd"] if s.beta > 0 else 0.0
     cost.flops["policy_fwdbwd"] = train_rows * u.flops["policy_fwdbwd"]
+    if s.activation_checkpointing:  # the layers' forward runs again during backward
+        cost.flops["policy_fwdbwd"] += train_rows * u.flops["policy_fwd"]
     if s.accumulation > 1:  # Stage 1 runs once per micro-batch; its memory is one micro-batch's
         cost.flops = {k: v * s.accumulation for k, v in cost.flops.items()}
         cost.sampling_flops *= s.accumulation
@@ -322,7 +344,7 @@ def step_cost(units: Units, settings: Settings, ranke: bool) -> StepCost:
         "vq_weights": u.params["vq"] * pb,
         "clip_weights": u.params["clip"] * f32,
         "act_stage1": max(sample_rows * u.layers * 2 * u.kv_width * (u.prefix + u.codes) * pb,
-                          train_rows * u.saved["policy"] * act),
+                          train_rows * _policy_saved(u, s) * act),
     }
     if not ranke:
         return cost
@@ -379,10 +401,14 @@ def project(backbone: str, config: str, settings: Settings, hardware=(H200, A100
               f"{hw.bandwidth / 1e12:.2f} TB/s x {hw.bandwidth_efficiency}): Std. RL {t_std:.2f} s, RankE "
               f"{t_ranke:.2f} s per step -> {t_ranke / t_std:.2f}x  (paper: {PAPER['time']:.2f}x)")
         result[f"time_ratio_{hw.name}"] = t_ranke / t_std
-    if t_d != 1:
-        one = step_cost(units, dataclasses.replace(settings, decoder_steps=1), ranke=True)
-        print(f"  with T_D = 1 (decoder_overhead.py's schedule): time {one.time(H200) / std.time(H200):.2f}x on "
-              f"H200, memory {one.peak_bytes() / std.peak_bytes():.2f}x")
+    variants = {"with T_D = 1": dict(decoder_steps=1),
+                "with the policy's activation checkpointing": dict(activation_checkpointing=True)}
+    for name, changes in variants.items():
+        if any(getattr(settings, k) != v for k, v in changes.items()):
+            other = dataclasses.replace(settings, **changes)
+            a, b = step_cost(units, other, ranke=False), step_cost(units, other, ranke=True)
+            print(f"  {name}: time {b.time(H200) / a.time(H200):.2f}x on H200, memory "
+                  f"{b.peak_bytes() / a.peak_bytes():.2f}x ({a.peak_bytes() / gib:.1f} -> {b.peak_bytes() / gib:.1f} GiB)")
     return result
 
 
@@ -439,7 +465,7 @@ def validate(steps: int, threads: int) -> dict:
     """Predict decoder_overhead.py's CPU mid ratios with this model, measure them in the same run, print the error."""
     import decoder_overhead
 
-    settings = Settings(prompt_tokens=64, policy_bytes=4, activation_bytes=4, lambda_lpips=0.0, decoder_steps=1)
+    settings = Settings.like_decoder_overhead("mid", prompt_tokens=64)
     units = count_units("janus", "mid", settings)
     std, ranke = step_cost(units, settings, ranke=False), step_cost(units, settings, ranke=True)
     hw = cpu_hardware(threads)
@@ -475,7 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--validate", action="store_true", help="also predict and measure the CPU mid ratios")
     parser.add_argument("--steps", type=int, default=4, help="policy steps of the --validate measurement")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads of --validate")
-    parser.add_argument("--backbones", nargs="+", default=["janus", "llamagen"], choices=list(MODEL_SHAPES))
+    parser.add_argument("--backbones", nargs="*", default=["janus", "llamagen"], choices=list(MODEL_SHAPES),
+                        help="backbones to project (none: only --validate)")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, FLOPs counted on the meta device; load {_load()}")
     targets = {"janus": ["real", "proportional"], "llamagen": ["real", "real512", "proportional"]}
@@ -485,6 +512,12 @@ def main(argv: list[str] | None = None) -> dict:
             result = project(backbone, config, Settings())
             cut_decode_twice(result["units"], Settings(), H200, result["std"], result["ranke"])
             results[(backbone, config)] = result
+            if config in ("real", "proportional"):  # what decoder_overhead.py --config proportional measures
+                like = Settings.like_decoder_overhead(config)
+                std, ranke = (step_cost(result["units"], like, ranke=r) for r in (False, True))
+                print(f"  at decoder_overhead.py's settings (T_D = 1, no LPIPS, fp32, "
+                      f"{like.discriminator_channels}-channel PatchGAN): FLOPs {ranke.total_flops() / std.total_flops():.2f}x, "
+                      f"memory {ranke.peak_bytes() / std.peak_bytes():.2f}x (+ the process's baseline RSS on a CPU)")
     if args.validate:
         results["validation"] = validate(args.steps, args.threads)
     return results

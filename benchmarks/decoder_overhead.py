@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/shapes.py, also when imported by path
-from shapes import MODEL_SHAPES  # noqa: E402
+from shapes import MODEL_SHAPES, STEP_SHAPES  # noqa: E402
 
 CONFIGS = MODEL_SHAPES["janus"]
 MEMORY_OPTIONS = {
@@ -54,7 +54,7 @@ def worker(config: str, mode: str, steps: int, overrides: list[str], tokens: int
         shape["image_size"] = shape["patch_size"] * math.isqrt(tokens)
     size = shape["image_size"]
     model = build_tiny_janus(seed=0, **shape)
-    extra = {}
+    extra = dict(STEP_SHAPES.get(config, {}))
     for item in overrides:
         key, value = item.split("=", 1)
         extra[key] = {"true": True, "false": False}.get(value, value)

@@ -22,7 +22,9 @@
   would give 1.67, -28%). `benchmarks/cost_model.py`
   recounts both ratios from the built modules and prints them. The CLIP reward is scaled the same way: the
   real ViT-L/14 widths (vision 1024, text 768) and input (224 px, patch 14) with 2 vision layers and 1 text
-  layer instead of 24 and 12. Not scaled: the caption encoder of LlamaGen (a 2-layer, 32-wide T5 here, the
+  layer instead of 24 and 12, and the PatchGAN at a quarter width (`STEP_SHAPES`: 16 base channels, 16x fewer
+  FLOPs). LPIPS (a fixed VGG-16; 1.2% of a real Janus RankE step) is left out, as decoder_overhead.py always
+  leaves it out (its weights are not available offline). Not scaled: the caption encoder of LlamaGen (a 2-layer, 32-wide T5 here, the
   3B flan-t5-xl in the paper; it runs once per prompt, not per rollout) and the prompt vocabulary of Janus
   (the tiny tokenizer's; the real 102400-row embedding and LM head are weight memory, not step FLOPs).
   One RankE step (16 rollouts, G = 8, decoder batch 8) takes a few minutes on 2 CPU cores.
@@ -53,6 +55,9 @@ MODEL_SHAPES = {
         ),
     },
 }
+
+# RankEConfig fields that scale with the config (decoder_overhead.py passes them; cost_model.py counts them).
+STEP_SHAPES = {"proportional": dict(discriminator_channels=16)}
 
 # open_clip CLIP configs of the reward; None means `CLIPReward.tiny()` (64 px input).
 VIT_L_14 = dict(

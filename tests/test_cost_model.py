@@ -110,3 +110,10 @@ def test_tiny_run_prints_both_modes_and_the_papers_ratios(cost_model, capsys):
     out = capsys.readouterr().out
     assert "llamagen @ tiny" in out and "paper: 1.05x" in out and "paper: 1.70x" in out
     assert results[("llamagen", "tiny")]["time_ratio_H200"] > 1
+
+
+def test_policy_activation_checkpointing_trades_stage_1_memory_for_a_second_forward(cost_model, tiny_units):
+    plain = cost_model.step_cost(tiny_units, cost_model.Settings(), ranke=False)
+    ckpt = cost_model.step_cost(tiny_units, cost_model.Settings(activation_checkpointing=True), ranke=False)
+    assert ckpt.memory["act_stage1"] < plain.memory["act_stage1"]
+    assert ckpt.flops["policy_fwdbwd"] - plain.flops["policy_fwdbwd"] == plain.flops["reference_fwd"]  # 2B rows
