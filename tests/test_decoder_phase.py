@@ -167,7 +167,9 @@ def test_bf16_autocast_step_updates_the_decoder(tmp_path, codec):
     args = make_args(tmp_path, lambda_rbp=0.5, lambda_gan=0.1, lambda_rec=1.0, lambda_cons=1.0, decoder_bf16=True)
     phase = DecoderPhase(codec, args, [RedReward()])
     before = snapshot(phase.decoder_params)
-    metrics = phase.step(rollouts(), real_images())
+    # One group of 2 rollouts and one corpus image: bf16 is emulated (slow) on CPUs without AVX-512 BF16.
+    batch = make_buffer(num_rollouts=2, group_size=2).minibatches(2, 1, generator=torch.Generator().manual_seed(0))[0]
+    metrics = phase.step(batch, real_images(batch=1))
     assert metrics["nonfinite_skipped"] == 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, phase.decoder_params))
     assert all(p.dtype == torch.float32 for p in phase.decoder_params)  # autocast, not a bf16 cast of the weights
