@@ -31,11 +31,19 @@ RANKE_FILES = ["decoder/model.safetensors", "ema_decoder/model.safetensors", "ra
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The decoder, policy and reference after 3 uninterrupted steps."""
-    trainer = build_trainer(str(tmp_path_factory.mktemp("straight")), max_steps=3)
+def saved_run(tmp_path_factory):
+    """3 uninterrupted steps with a checkpoint after each: `(run_dir, state)`, the state being the decoder, policy
+    and reference at the end (saving changes none of them: the resumed runs below save too, and end equal)."""
+    out = tmp_path_factory.mktemp("straight")
+    trainer = build_trainer(str(out), max_steps=3, save_strategy="steps", save_steps=1)
     trainer.train()
-    return trained_state(trainer)
+    return out, trained_state(trainer)
+
+
+@pytest.fixture(scope="module")
+def straight(saved_run):
+    """The decoder, policy and reference after 3 uninterrupted steps."""
+    return saved_run[1]
 
 
 def assert_same_state(expected: dict, trainer: RankEGRPOTrainer) -> None:
@@ -134,10 +142,11 @@ def test_final_output_decoder_is_replaced_atomically(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- damaged checkpoints
 @pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory):
-    """A run directory holding checkpoint-1 and checkpoint-2 (2 steps, a checkpoint each)."""
+def two_checkpoints(saved_run, tmp_path_factory):
+    """A run directory holding checkpoint-1 and checkpoint-2 (the first 2 steps of the saved 3-step run)."""
     out = tmp_path_factory.mktemp("two_checkpoints")
-    build_trainer(str(out), max_steps=2, save_strategy="steps", save_steps=1).train()
+    for name in ("checkpoint-1", "checkpoint-2"):
+        shutil.copytree(saved_run[0] / name, out / name)
     return out
 
 
