@@ -342,9 +342,10 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             for start in range(0, len(prompt_ids), chunk):
                 batch = self.policy.batch_from_ids(prompt_ids[start : start + chunk], device)
                 codes.append(
-                    self.policy.sample(
+                    self.policy.sample_codes(
                         unwrapped,
                         batch,
+                        sampler=self.args.sampler,
                         guidance_scale=self.args.guidance_scale,
                         temperature=self.temperature,
                         top_k=self.top_k or 0,
