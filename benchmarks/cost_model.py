@@ -246,7 +246,8 @@ def count_units(backbone: str, config: str, settings: Settings) -> Units:
     }
     if backbone == "janus":
         units.params["policy"] += num_params(model.lm_head)
-    units.generation_params = num_params(lm) + num_params(head) + (
+    # Each decoding step reads every weight it multiplies; an embedding is a row lookup, not a read of the table.
+    units.generation_params = num_params(lm) - num_params(lm.embed_tokens) + num_params(head) + (
         num_params(model.model.generation_embeddings) + num_params(model.model.generation_aligner)
         if backbone == "janus" else 0)
     return units
