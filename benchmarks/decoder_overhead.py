@@ -170,6 +170,8 @@ def write_curve(rows: list[dict], config: str, steps: int, out_dir: str) -> None
         twin = ax.twinx()
         twin.plot(xs, [r["peak_gib"] for r in series[name]], "s--", color="tab:red", label="peak GiB")
         twin.set_ylabel("peak GiB")
+        ax.set_ylim(bottom=0)  # from zero: growth reads off the plot
+        twin.set_ylim(bottom=0)
     fig.suptitle(f"RankE step cost at --config {config} (CPU)")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "cost_curves.png"), dpi=120)
