@@ -153,12 +153,19 @@ class WorldEvaluator:
         if self.shift is None:  # ground-truth codes of the validation images, with this world's frozen encoder
             counts = CodeHistogram(codec.codebook_size).update(codec.encode(self.real)).counts
             self.shift = ShiftDiagnostics(counts, codec.codebook_size)
-        device = next(codec.module.parameters()).device
-        generators = [torch.Generator(device=device).manual_seed(self.seed + 100_003 * seed + i)
-                      for i in range(len(self.prompts))]
-        codes = policy.sample(model, policy.encode_prompts(self.prompts, device), generator=generators, **self.sampling)
+        codes = self.sample_codes(model, policy, seed, next(codec.module.parameters()).device)
         images = codec.decode_images(codes)
         return self.scorer(images, codes, self.prompts, self.metadata, self.shift), images[:8].cpu()
+
+
+    @torch.no_grad()
+    def sample_codes(self, model, policy, seed: int = 0, device=None) -> torch.LongTensor:
+        """(num_prompts, N) codes of the validation prompts, with the per-image sampling seeds `__call__` uses, e.g.
+        to decode the very same codes with two decoders (`decoder_swap`)."""
+        device = device or next(model.parameters()).device
+        generators = [torch.Generator(device=device).manual_seed(self.seed + 100_003 * seed + i)
+                      for i in range(len(self.prompts))]
+        return policy.sample(model, policy.encode_prompts(self.prompts, device), generator=generators, **self.sampling)
 
 
 def world_eval_report(before: dict[str, float], after: dict[str, float], out_dir: str) -> str:
