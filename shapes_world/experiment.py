@@ -157,7 +157,7 @@ class ExperimentRow:
     @property
     def policy_from(self) -> str | None:
         """The grpo row whose final policy an absorb row freezes (None for other modes)."""
-        return read_row_file(self.path).get("policy_from") if self.mode == "absorb" else None
+        return resolved_settings(self).get("policy_from") if self.mode == "absorb" else None
 
     def parse(self, seed: int, output_dir: str | None = None, run: tuple[str, ...] = ()) -> tuple:
         """`(ExperimentRowArguments, RecipeArguments[, ImageTokenSFTConfig | RankEConfig])` of the run with `seed`;
@@ -495,13 +495,15 @@ def run_experiment(rows: list[ExperimentRow], out_dir: str, cache_dir=None, work
     by_name = {row.name: row for row in rows}
     for name in rerun:
         shutil.rmtree(os.path.join(out_dir, "runs", row_slug(by_name[name].name)), ignore_errors=True)
+    # every finished run, each checked against its row's settings before anything runs
+    finished = {(row.name, seed): _finished(row, out_dir, seed) for row in rows for seed in row.args.seeds}
     todo = [row for row in rows if run_rows is None or row.name in run_rows]
     waves: list[list[tuple]] = [[], []]  # absorb rows after the rows whose policies they freeze
     for row in todo:
         if row.mode == "absorb" and row.policy_from not in by_name:
             raise RecipeError(f"Row {row.name!r}: policy_from {row.policy_from!r} is not one of the rows {names}.")
         for seed in row.args.seeds:
-            if _finished(row, out_dir, seed) is not None:
+            if finished[(row.name, seed)] is not None:
                 print(f"{row.name} seed {seed}: finished, skipped ({run_folder(out_dir, row.name, seed)})", flush=True)
                 continue
             source = run_folder(out_dir, row.policy_from, seed) if row.mode == "absorb" else None
@@ -585,7 +587,7 @@ def write_report(rows: list[ExperimentRow], out_dir: str, paired: list = ()) -> 
     }
     _write_json(os.path.join(out_dir, "results.json"), payload)
     markdown = "\n\n".join(filter(None, [markdown_table(payload), paired_markdown(payload),
-                                         swap_markdown(payload)]))
+                                         swap_markdown(payload)])) if runs else f"No finished runs in {out_dir} yet."
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(markdown + "\n")
     if runs:

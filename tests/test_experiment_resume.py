@@ -119,3 +119,10 @@ def test_an_absorb_row_needs_its_source_runs_first(tiny_world, tmp_path):
     with pytest.raises(RuntimeError, match="'Std. RL' seed 0, which has not finished"):
         run_experiment([_tiny("02_std_rl.yaml"), _tiny("04_absorb_std_rl.yaml")], str(tmp_path),
                        cache_dir=tiny_world, run_rows=[ABSORB])
+
+
+def test_a_row_can_name_the_worlds_llamagen_policy():
+    from shapes_world.experiment import _backbone
+
+    assert _backbone(_tiny("02_std_rl.yaml").parse(0)[1]) == "janus"
+    assert _backbone(_tiny("02_std_rl.yaml", "--shapes_backbone", "llamagen").parse(0)[1]) == "llamagen"
