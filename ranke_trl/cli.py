@@ -56,6 +56,8 @@ def _generate(argv: list[str]) -> int:
     parser.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads (CPU).")
     for name, kind in (("guidance_scale", float), ("temperature", float), ("top_k", int), ("top_p", float)):
         parser.add_argument(f"--{name}", type=kind, default=None, help="Default: the run's saved value.")
+    parser.add_argument("--sampler", default="eager", choices=("eager", "static", "compiled"),
+                        help="How codes are drawn (same codes, different speed); see SamplingArguments.sampler.")
     args = parser.parse_args(argv)
     prompts = list(args.prompt)
     if args.prompts_file:
@@ -71,7 +73,7 @@ def _generate(argv: list[str]) -> int:
     print(f"Sampling: {pipe.describe()} (run defaults; overridden here: "
           f"{', '.join(f'{k}={v}' for k, v in sampling.items() if v is not None) or 'nothing'})")
     images = pipe(prompts, images_per_prompt=args.images_per_prompt, seed=args.seed, batch_size=args.batch_size,
-                  **sampling)
+                  sampler=args.sampler, **sampling)
     paths = save_images(images, prompts, args.output_dir, args.images_per_prompt)
     print(f"Wrote {len(paths)} images and prompts.txt to {args.output_dir}")
     return 0

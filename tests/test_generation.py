@@ -46,6 +46,16 @@ def test_the_generate_command_writes_pngs_and_an_index(tiny_janus_dir, tmp_path,
     assert "overridden here: top_p=0.5" in capsys.readouterr().out
 
 
+def test_the_generate_command_takes_the_sampler_and_draws_the_same_images(tiny_janus_dir, tmp_path):
+    images = {}
+    for sampler in ("eager", "static"):
+        out = tmp_path / sampler
+        assert cli_main(["generate", "--model", str(tiny_janus_dir), "--prompt", "a red square", "--output_dir",
+                         str(out), "--sampler", sampler]) == 0
+        images[sampler] = (out / "0000_00.png").read_bytes()
+    assert images["eager"] == images["static"]
+
+
 def test_commands_report_set_up_errors_as_one_named_line(tmp_path, capsys):
     import pytest
 
