@@ -32,7 +32,7 @@ setup(
         "deepspeed": ["deepspeed>=0.17"],
         "tensorboard": ["tensorboard"],
         "shapes": ["matplotlib"],  # ShapesWorld's experiment figures
-        "dev": ["pytest>=8", "tensorboard", "deepspeed>=0.17", "matplotlib"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "tensorboard", "deepspeed>=0.17", "matplotlib"],
     },
     entry_points={
         "console_scripts": ["ranke-trl=ranke_trl.cli:main"],
