@@ -49,7 +49,8 @@ def main(argv=None):
     parser.add_argument("--recipes", nargs="+", help="row recipes, in table order (default: --recipe_dir's)")
     parser.add_argument("--rows", nargs="+", help="names of the rows to run (default: every recipe's); the report "
                         "still shows every row with finished runs")
-    parser.add_argument("--quick", action="store_true", help="shorthand for --rows <main rows> --seeds 0 --steps 100")
+    parser.add_argument("--quick", action="store_true", help="shorthand for --rows <main rows> --seeds 0 --steps 100; "
+                        "the main rows are those of Base, SFT, Std. RL, Decoder-only and RankE the recipes hold")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds of every row")
     parser.add_argument("--steps", type=int, help="policy optimiser steps per run")
     parser.add_argument("--eval_every", type=int, help="evaluate every this many steps")
@@ -63,11 +64,12 @@ def main(argv=None):
     parser.add_argument("--cache_dir", default=None, help="ShapesWorld cache (default: $RANKE_SHAPES_CACHE)")
     parser.add_argument("--output_dir", default="outputs/shapes-experiment")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rows, args.seeds, args.steps = args.rows or MAIN_ROWS, args.seeds or [0], args.steps or 100
     paths = args.recipes or sorted(p for p in glob.glob(os.path.join(args.recipe_dir, "*.yaml"))
                                    if os.path.basename(p) != EXPERIMENT_FILE)
     recipes = {read_row_file(path)["row"]: path for path in paths}
+    if args.quick:
+        main_rows = [row for row in MAIN_ROWS if row in recipes] or list(recipes)
+        args.rows, args.seeds, args.steps = args.rows or main_rows, args.seeds or [0], args.steps or 100
     named = set(args.rows or []) | set(args.rerun) | {name for pair in args.paired for name in pair}
     unknown = sorted(named - set(recipes))
     if unknown:

@@ -116,3 +116,24 @@ def test_the_script_refuses_an_unknown_row_before_any_work(capsys):
     with pytest.raises(SystemExit):
         examples_loader.load("shapes_experiment").main(["--rows", "RankE++"])
     assert "unknown rows ['RankE++']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe_dir, expected", [("shapes_experiment", ["Base", "SFT", "Std. RL", "Decoder-only",
+                                                                         "RankE"]),
+                                                  ("shapes_v2", ["Base", "Std. RL", "RankE"])])
+def test_quick_runs_the_main_rows_the_recipe_folder_holds_for_seed_0(recipe_dir, expected, tmp_path, monkeypatch):
+    import examples_loader
+
+    script = examples_loader.load("shapes_experiment")
+    seen = {}
+
+    def fake_run_experiment(rows, out_dir, **kwargs):
+        seen.update(rows=rows, run_rows=kwargs["run_rows"])
+        with open(os.path.join(out_dir, "results.md"), "w") as f:
+            f.write("table\n")
+
+    monkeypatch.setattr(script, "run_experiment", fake_run_experiment)
+    script.main(["--quick", "--recipe_dir", os.path.join(REPO, "recipes", recipe_dir), "--output_dir", str(tmp_path)])
+    assert seen["run_rows"] == expected
+    trained = [row for row in seen["rows"] if row.mode in ("grpo", "sft")]
+    assert trained and all(row.args.seeds == [0] and row.args.steps == 100 for row in trained)
