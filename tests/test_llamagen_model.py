@@ -142,7 +142,8 @@ def test_cached_step_logits_equal_the_full_forward(model, processor):
         both = {k: torch.cat([v, v]) for k, v in batch.items()}
         full = model(**both, image_tokens=torch.cat([codes, codes])[:, :-1], uncond=flags).logits[:, -N:]
     cond, null = full.chunk(2)
-    torch.testing.assert_close(step_logits, null + 3.0 * (cond - null), atol=1e-5, rtol=0)
+    # the guided logits 3 cond - 2 null scale each branch's fp32 rounding (1e-5, as above) by up to 3 + 2 = 5
+    torch.testing.assert_close(step_logits, null + 3.0 * (cond - null), atol=5e-5, rtol=0)
 
 
 def test_generation_without_the_kv_cache_reruns_the_prefix_and_draws_the_same_codes(model, processor):
