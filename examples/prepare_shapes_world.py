@@ -2,10 +2,11 @@
 `shapes_clip` reward and the SFT'd tiny Janus policy (see `shapes_world/pretrain.py`); with `--backbone llamagen`,
 also a tiny LlamaGen policy SFT'd on the same codes (`shapes_world/llamagen_policy.py`).
 
-    python examples/prepare_shapes_world.py                 # full preparation, ~20 min on 2 CPU cores
+    python examples/prepare_shapes_world.py                 # full preparation, ~26 min on 2 idle CPU cores
     python examples/prepare_shapes_world.py --tiny          # seconds; poor models, for tests and smoke runs
     python examples/prepare_shapes_world.py --backbone llamagen   # adds the LlamaGen policy, ~7-9 min more
     RANKE_SHAPES_CACHE=/data/shapes python examples/prepare_shapes_world.py --seed 1 --force
+    python examples/prepare_shapes_world.py --cache_dir /data/world2 --patch_size 4 --until vq   # v2 gate, step 1
 
 A second run reuses the cache. Recipes then say `model_name_or_path: shapes` and `reward_funcs: [shapes_clip]`.
 """
@@ -14,7 +15,7 @@ import argparse
 import json
 import os
 
-from shapes_world.pretrain import BACKBONES, CACHE_ENV, prepare_shapes_world, read_manifest, shapes_cache_dir
+from shapes_world.pretrain import BACKBONES, CACHE_ENV, STAGES, prepare_shapes_world, read_manifest, shapes_cache_dir
 
 
 def main():
@@ -26,16 +27,23 @@ def main():
     parser.add_argument("--force", action="store_true", help="Retrain everything, replacing the cache.")
     parser.add_argument("--backbone", choices=BACKBONES, default="janus",
                         help="'llamagen' also prepares the LlamaGen policy (policy_llamagen/); the rest is reused.")
+    parser.add_argument("--patch_size", type=int, choices=(4, 8, 16), default=None,
+                        help="Pixels per code side on the 64 px canvas: 8 (8x8 codes, the default world) or 4 "
+                             "(16x16 codes, the v2 protocol's world 2). Default: the cache's, else 8.")
+    parser.add_argument("--until", choices=STAGES, default=None,
+                        help="Stop after this stage (e.g. 'vq' for the v2 gate's pre-RL check); rerun without it "
+                             "to finish the world.")
     args = parser.parse_args()
 
     root = prepare_shapes_world(cache_dir=args.cache_dir, tiny=args.tiny, seed=args.seed, force=args.force,
-                                backbone=args.backbone)
+                                backbone=args.backbone, patch_size=args.patch_size, until=args.until)
     manifest = read_manifest(root)
     print(f"ShapesWorld cache: {root}")
     for stage, record in manifest["stages"].items():
         print(f"  {stage:<9} {os.path.join(root, stage)}  ({record['wall_s']} s)")
         print("            " + json.dumps(record["quality"]))
-    print(f"  manifest  {os.path.join(root, 'manifest.json')}  (total {manifest.get('total_wall_s')} s)")
+    total = manifest.get("total_wall_s", round(sum(record["wall_s"] for record in manifest["stages"].values()), 1))
+    print(f"  manifest  {os.path.join(root, 'manifest.json')}  (total {total} s)")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ class ShapesWorldSettings:
     feature_steps: int = 400
     feature_batch_size: int = 64
     codebook_size: int = 256
+    #: pixels per code side at the 64 px canvas: 8 gives 8x8 codes (world 1; the shapes, 14 and 20 px wide, are 1.75
+    #: and 2.5 codes across), 4 gives 16x16 codes (world 2 of the v2 protocol: 3.5 and 5 codes across)
+    patch_size: int = 8
     vq_base_channels: int = 32
     vq: VQGANSettings = field(default_factory=VQGANSettings)
     clip_embed_dim: int = 64
@@ -250,7 +253,9 @@ def _train_features(s: ShapesWorldSettings, seed: int, world: _World, root: Path
 
 
 def _train_vq(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, net: ShapesAttributeNet):
-    config = tiny_janus_config(codebook_size=s.codebook_size, base_channels=s.vq_base_channels).vq_config
+    config = tiny_janus_config(
+        codebook_size=s.codebook_size, base_channels=s.vq_base_channels, patch_size=s.patch_size
+    ).vq_config
     perceptual = ShapesPerceptualDistance(net)
     vq, log = train_vqgan(world.train_images, config, perceptual, s.vq, seed, progress, "VQ tokenizer: training")
     _save_stage(root, "vq", vq.save_pretrained)
@@ -296,11 +301,12 @@ def _train_policy(s, seed: int, world: _World, root: Path, progress: bool, net: 
         num_layers=s.policy_num_layers,
         codebook_size=s.codebook_size,
         base_channels=s.vq_base_channels,
+        patch_size=s.patch_size,
     )
     model.model.vqmodel.load_state_dict(vq.state_dict())
     with torch.no_grad():  # (ours) code embeddings start at the tokenizer's unit-norm codebook, not at noise
         model.model.generation_embeddings.weight.copy_(F.normalize(vq.quantize.embedding.weight, dim=-1))
-    processor = build_tiny_janus_processor()
+    processor = build_tiny_janus_processor(num_image_tokens=model.config.vision_config.num_image_tokens)
     # The text config's special tokens are the tokenizer's, so a trainer loading the policy has nothing to align.
     text_config = model.config.get_text_config()
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -345,6 +351,20 @@ def _identity(settings: ShapesWorldSettings, seed: int, tiny: bool) -> dict:
     return {"seed": seed, "tiny": tiny, "settings": json.loads(json.dumps(asdict(settings)))}
 
 
+#: settings added after caches were first written, with the value those caches were prepared with
+_LATER_SETTINGS = {"patch_size": 8}
+
+
+def _recorded_identity(manifest: dict) -> dict:
+    """A manifest's identity, with the settings added since it was written filled in as it was prepared."""
+    identity = manifest.get("identity", {})
+    return {**identity, "settings": {**_LATER_SETTINGS, **identity.get("settings", {})}}
+
+
+def _recorded_patch_size(manifest: dict | None) -> int:
+    return _recorded_identity(manifest or {})["settings"]["patch_size"]
+
+
 def _complete(root: Path, manifest: dict | None, stage: str) -> bool:
     return manifest is not None and stage in manifest.get("stages", {}) and (root / stage).is_dir()
 
@@ -356,6 +376,8 @@ def prepare_shapes_world(
     force: bool = False,
     show_progress: bool = True,
     backbone: str = "janus",
+    patch_size: int | None = None,
+    until: str | None = None,
 ) -> str:
     """Train and cache whatever ShapesWorld component is missing; returns the cache folder.
 
@@ -371,6 +393,10 @@ def prepare_shapes_world(
         force: retrain everything, replacing the cache.
         show_progress: print the banner, the `stage k/4` lines and the progress bars.
         backbone: "janus" (the world's own policy, always prepared) or "llamagen" (also `policy_llamagen/`).
+        patch_size: pixels per code side (`ShapesWorldSettings.patch_size`): 8 (8x8 codes) or 4 (16x16 codes).
+            None: the cache's recorded one, else 8.
+        until: stop after this stage (one of `STAGES`), e.g. "vq" for the v2 gate's pre-RL check, which needs only
+            the feature net and the VQ; a later call without it resumes at the next stage.
 
     Raises:
         ValueError: if the cache was prepared with another seed, size or settings; pass `force=True` or another
@@ -378,14 +404,24 @@ def prepare_shapes_world(
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone={backbone!r}: ShapesWorld prepares a policy of architecture {BACKBONES}.")
+    if until is not None and until not in STAGES:
+        raise ValueError(f"until={until!r} is not a stage; use one of {STAGES}.")
+    if until is not None and backbone != "janus":
+        raise ValueError(f"until={until!r} stops before the world is complete, and backbone={backbone!r} needs all "
+                         "of it; prepare the world first, then add the backbone.")
     root = shapes_cache_dir(cache_dir, tiny)
     root.mkdir(parents=True, exist_ok=True)
     # One preparer at a time: under `accelerate launch` every rank asks for the cache, and the others must wait
     # for it rather than train their own copy.
     with FileLock(str(root / ".prepare.lock")):
-        _prepare(root, TINY if tiny else FULL, tiny, seed, force, show_progress)
+        if patch_size is None:
+            patch_size = 8 if force else _recorded_patch_size(read_manifest(root))
+        if (64 // patch_size) * patch_size != 64 or patch_size not in (4, 8, 16):
+            raise ValueError(f"patch_size={patch_size}: use 4, 8 or 16 (pixels per code side on the 64 px canvas).")
+        settings = replace(TINY if tiny else FULL, patch_size=patch_size)
+        _prepare(root, settings, tiny, seed, force, show_progress, until)
         if backbone == "llamagen":
-            _prepare_llamagen(root, TINY if tiny else FULL, tiny, seed, show_progress)
+            _prepare_llamagen(root, settings, tiny, seed, show_progress)
         return str(root)
 
 
@@ -395,28 +431,35 @@ def _say(show: bool, text: str) -> None:
         sys.stdout.flush()
 
 
-def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, force: bool, show_progress: bool) -> str:
+def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, force: bool, show_progress: bool,
+             until: str | None = None) -> str:
     identity = _identity(settings, seed, tiny)
     manifest = None if force else read_manifest(root)
-    if manifest is not None and manifest.get("identity") != identity:
+    if manifest is not None and _recorded_identity(manifest) != identity:
+        recorded = _recorded_identity(manifest)
         raise ValueError(
-            f"The ShapesWorld cache at {root} was prepared with seed={manifest['identity']['seed']}, "
-            f"tiny={manifest['identity']['tiny']} (or other settings) but seed={seed}, tiny={tiny} was asked for. "
-            "Pass force=True to retrain it, or another cache_dir."
+            f"The ShapesWorld cache at {root} was prepared with seed={recorded['seed']}, tiny={recorded['tiny']}, "
+            f"patch_size={recorded['settings']['patch_size']} (or other settings) but seed={seed}, tiny={tiny}, "
+            f"patch_size={settings.patch_size} was asked for. Pass force=True to retrain it, or another cache_dir."
         )
-    todo = [stage for stage in STAGES if not _complete(root, manifest, stage)]
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    todo = [stage for stage in STAGES[: last + 1] if not _complete(root, manifest, stage)]
     if not todo:
         return str(root)
     first = STAGES.index(todo[0])
     names = ", ".join(STAGE_NAMES[stage] for stage in STAGES)
     resume = f"; stages 1-{first} are cached, resuming at stage {first + 1}" if first else ""
+    stop = f"; stopping after stage {last + 1} ({STAGE_NAMES[until]}) as asked" if until else ""
+    grid = 64 // settings.patch_size
+    estimate = ESTIMATE[tiny] if tiny or grid == 8 else "not yet measured at this grid (8x8 codes: about 26 min)"
     _say(show_progress, f"Preparing ShapesWorld (first run only) into {root}: {len(STAGES)} stages ({names}), "
-                        f"{ESTIMATE[tiny]}{resume}")
+                        f"{grid}x{grid} codes, {estimate}{resume}{stop}")
     manifest = {
         "format": MANIFEST_FORMAT,
         "identity": identity,
         "command": " ".join(sys.argv),
-        "call": f"prepare_shapes_world(cache_dir={str(root)!r}, tiny={tiny}, seed={seed}, force={force})",
+        "call": f"prepare_shapes_world(cache_dir={str(root)!r}, tiny={tiny}, seed={seed}, force={force}, "
+                f"patch_size={settings.patch_size}, until={until!r})",
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -442,10 +485,17 @@ def _prepare(root: Path, settings: ShapesWorldSettings, tiny: bool, seed: int, f
         return component
 
     net = run("features", _train_features) if first <= 0 else ShapesAttributeNet.from_pretrained(root / "features")
-    vq = run("vq", _train_vq, net) if first <= 1 else JanusVQVAE.from_pretrained(root / "vq")
-    if first <= 2:
+    if last >= 1:
+        vq = run("vq", _train_vq, net) if first <= 1 else JanusVQVAE.from_pretrained(root / "vq")
+    if last >= 2 and first <= 2:
         run("clip", _train_clip, vq)
-    run("policy", _train_policy, net, vq)
+    if last >= 3:
+        run("policy", _train_policy, net, vq)
+    else:
+        _say(show_progress, f"ShapesWorld prepared up to stage {last + 1} ({STAGE_NAMES[until]}) in "
+                            f"{(time.perf_counter() - start) / 60:.1f} min: {root}; run again without `until` to "
+                            "finish it")
+        return str(root)
     manifest["wall_s_this_call"] = round(time.perf_counter() - start, 1)  # stages run here, data and loading
     manifest["total_wall_s"] = round(sum(record["wall_s"] for record in manifest["stages"].values()), 1)
     manifest["quality"] = _headline(manifest["stages"])
@@ -525,6 +575,7 @@ def _component(cache_dir, name: str, prepare: bool) -> Path:
     manifest = read_manifest(root)
     identity = (manifest or {}).get("identity", {})
     tiny, seed = identity.get("tiny", False), identity.get("seed", 0)
+    patch_size = _recorded_patch_size(manifest)
     backbone = "llamagen" if name == LLAMAGEN_STAGE else "janus"
     complete = _llamagen_complete(root, manifest, tiny) if backbone == "llamagen" else _complete(root, manifest, name)
     if complete:
@@ -534,7 +585,7 @@ def _component(cache_dir, name: str, prepare: bool) -> Path:
                "`prepare_shapes_world(backbone='llamagen')`)") if backbone == "llamagen" else (
                "`python examples/prepare_shapes_world.py` (or `prepare_shapes_world()`)")
         raise FileNotFoundError(f"No ShapesWorld {name!r} in {root}. Run {how}, or pass prepare=True.")
-    prepare_shapes_world(root, tiny=tiny, seed=seed, backbone=backbone)
+    prepare_shapes_world(root, tiny=tiny, seed=seed, backbone=backbone, patch_size=patch_size)
     return root / name
 
 

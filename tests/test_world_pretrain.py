@@ -110,7 +110,7 @@ def test_a_preparation_names_its_cache_stages_and_estimate_and_shows_progress(ca
     out, err = capsys.readouterr()
     assert (
         f"Preparing ShapesWorld (first run only) into {copy}: 4 stages (feature net, VQ tokenizer, CLIP, SFT policy), "
-        "under a minute on 2 cores; stages 1-2 are cached, resuming at stage 3" in out
+        "8x8 codes, under a minute on 2 cores; stages 1-2 are cached, resuming at stage 3" in out
     )
     assert "stage 3/4: CLIP" in out and "stage 4/4: SFT policy" in out and "stage 2/4" not in out
     for bar in ("rendering train scenes", "VQ tokenizer: encoding train images", "CLIP: decoding train images",
@@ -183,3 +183,51 @@ def test_perceptual_distance_is_zero_for_equal_images_and_positive_otherwise():
     x, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     assert torch.allclose(distance(x, x), torch.zeros(2), atol=1e-6)
     assert bool((distance(x, y) > 0).all())
+
+
+def test_a_cache_written_before_patch_size_existed_is_reused_as_the_8x8_world(cache, tmp_path, monkeypatch):
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["identity"]["settings"]["patch_size"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    _refuse_training(monkeypatch)
+    assert pretrain.prepare_shapes_world(copy, tiny=True, show_progress=False) == str(copy)
+    with pytest.raises(ValueError, match="patch_size=8 .* but seed=0, tiny=True, patch_size=4 was asked for"):
+        pretrain.prepare_shapes_world(copy, tiny=True, show_progress=False, patch_size=4)
+
+
+def test_until_stops_after_the_stage_and_a_later_call_resumes_with_the_recorded_grid(tmp_path, capsys):
+    root = tmp_path / "world"
+    pretrain.prepare_shapes_world(root, tiny=True, patch_size=4, until="vq", show_progress=True)
+    manifest = pretrain.read_manifest(root)
+    assert list(manifest["stages"]) == ["features", "vq"] and "quality" not in manifest
+    assert not (root / "clip").exists() and not (root / "policy").exists()
+    out = capsys.readouterr().out
+    assert "16x16 codes" in out and "stopping after stage 2 (VQ tokenizer) as asked" in out
+    vq = pretrain.load_shapes_vq(root, prepare=False)
+    assert vq.config.num_patches == 16
+    # the gate's pre-RL check runs on a world prepared up to its VQ
+    from shapes_world.rendering import run_perturbation_check
+
+    rows = run_perturbation_check(root, num_images=4, corpus_images=8, fractions=(0.0, 0.25))["rows"]
+    assert [row["p"] for row in rows] == [0.0, 0.25] and rows[0]["l1_to_unperturbed"] == 0.0
+    assert rows[1]["l1_to_unperturbed"] > 0
+    # a loader that needs a later stage finishes the world with the grid the cache was prepared with
+    policy_path = pretrain.shapes_policy_path(root)
+    from transformers import AutoProcessor, JanusForConditionalGeneration
+
+    model = JanusForConditionalGeneration.from_pretrained(policy_path)
+    assert model.config.vision_config.num_image_tokens == 256
+    assert AutoProcessor.from_pretrained(policy_path).num_image_tokens == 256
+    manifest = pretrain.read_manifest(root)
+    assert list(manifest["stages"]) == list(pretrain.STAGES) and manifest["identity"]["settings"]["patch_size"] == 4
+    for name, tensor in vq.state_dict().items():  # the VQ was kept, not retrained
+        assert torch.equal(model.model.vqmodel.state_dict()[name], tensor), name
+
+
+def test_bad_until_and_patch_size_are_refused_naming_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="until='decoder' is not a stage; use one of"):
+        pretrain.prepare_shapes_world(tmp_path, tiny=True, until="decoder")
+    with pytest.raises(ValueError, match="patch_size=6: use 4, 8 or 16"):
+        pretrain.prepare_shapes_world(tmp_path, tiny=True, patch_size=6)

@@ -134,16 +134,16 @@ def build_tiny_janus(seed: int = 0, **config_kwargs):
     return model
 
 
-def build_tiny_janus_processor():
-    """A `JanusProcessor` around the tiny tokenizer, at 64 px with 64 image tokens."""
+def build_tiny_janus_processor(image_size: int = 64, num_image_tokens: int = 64):
+    """A `JanusProcessor` around the tiny tokenizer, at `image_size` px with `num_image_tokens` image tokens."""
     from transformers import JanusImageProcessor, JanusProcessor
 
-    image_processor = JanusImageProcessor(size={"height": 64, "width": 64}, min_size=8)
+    image_processor = JanusImageProcessor(size={"height": image_size, "width": image_size}, min_size=8)
     return JanusProcessor(
         image_processor=image_processor,
         tokenizer=build_tiny_janus_tokenizer(),
         chat_template=JANUS_CHAT_TEMPLATE,
-        num_image_tokens=64,
+        num_image_tokens=num_image_tokens,
     )
 
 
