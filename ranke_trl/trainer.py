@@ -31,6 +31,7 @@ import contextlib
 import copy
 import logging
 import os
+import warnings
 
 import torch
 from accelerate.utils import gather, gather_object, is_peft_model
@@ -60,6 +61,20 @@ from .sampling import describe_sampling
 from .schedule import DecoderPhaseCallback, corpus_batches
 
 logger = logging.getLogger(__name__)
+
+
+#: FutureWarnings that TRL 1.16 itself triggers under transformers 5 (`unwrap_model_for_generation` reads
+#: `is_gradient_checkpointing` at every generation); nothing a user writes can avoid them
+_UPSTREAM_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
+@contextlib.contextmanager
+def _without_upstream_deprecation_noise():
+    """Hide `_UPSTREAM_DEPRECATIONS` inside `train()` only; the caller's warning filters are restored on exit."""
+    with warnings.catch_warnings():
+        for message in _UPSTREAM_DEPRECATIONS:
+            warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+        yield
 
 
 #: decoder-phase counters logged as counts: running totals at their latest value, per-phase counts summed over the
@@ -281,7 +296,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         """TRL's `train`, with `resume_from_checkpoint=True` meaning the newest *complete* checkpoint, the resumed
         checkpoint checked first, and SIGTERM/SIGINT stopping at a step boundary with a checkpoint (`interrupt`)."""
         resume_from_checkpoint = self._checkpoint_to_resume(resume_from_checkpoint)
-        with self._policy_prepared(), stop_on_signals(self):
+        with self._policy_prepared(), stop_on_signals(self), _without_upstream_deprecation_noise():
             return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def evaluate(self, *args, **kwargs):

@@ -1,5 +1,6 @@
 """RankEGRPOTrainer, Stage 1: GRPO on image tokens with a frozen decoder (the 'Std. RL' mode)."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,16 @@ def test_the_reference_policy_is_a_real_ema_by_default(trained):
     policy = model.model.generation_head.vision_head.weight
     assert not torch.equal(before, after)  # it moved within 2 steps (TRL's default would wait 512)
     assert (after - before).abs().max() < (policy - before).abs().max()  # slowly, towards the policy
+
+
+def test_train_hides_trls_own_deprecation_warning_and_restores_the_callers_filters(tmp_path, tiny_janus, tiny_processor):
+    trainer = _trainer(tmp_path, tiny_janus, tiny_processor, max_steps=1, log_images_steps=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        tiny_janus.is_gradient_checkpointing  # what TRL reads: it does warn outside train()
+        assert any("is_gradient_checkpointing" in str(w.message) for w in caught)
+        del caught[:]
+        trainer.train()
+        assert list(warnings.filters) == before
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
