@@ -137,3 +137,19 @@ def test_quick_runs_the_main_rows_the_recipe_folder_holds_for_seed_0(recipe_dir,
     assert seen["run_rows"] == expected
     trained = [row for row in seen["rows"] if row.mode in ("grpo", "sft")]
     assert trained and all(row.args.seeds == [0] and row.args.steps == 100 for row in trained)
+
+
+def test_the_v2_gate_rows_run_on_a_world_of_16x16_codes(tmp_path_factory):
+    from shapes_world.pretrain import prepare_shapes_world, read_manifest
+
+    world = prepare_shapes_world(tmp_path_factory.mktemp("world16"), tiny=True, patch_size=4, show_progress=False)
+    assert read_manifest(world)["identity"]["settings"]["patch_size"] == 4
+    v2 = sorted(glob.glob(os.path.join(REPO, "recipes", "shapes_v2", "0[12]_*.yaml")))
+    out = tmp_path_factory.mktemp("gate16")
+    payload = run_experiment([_tiny(path) for path in v2], str(out), cache_dir=world, workers=1)
+    assert set(payload["rows"]) == {"Base", "Std. RL"}
+    for row in payload["rows"].values():
+        # (render L1 is a mean over confidently read images, which a seconds-trained tiny world has none of)
+        assert {"render/off_palette", "render/confident", "shift/token_kl_bits"} <= set(row)
+    result = json.loads(next(out.rglob("result.json")).read_text())
+    assert result  # each run's result lands in its own folder
