@@ -11,7 +11,8 @@ Any recipe key can be overridden on the command line (`--key value`); unknown ke
 from ranke_trl import RankEGRPOTrainer
 from ranke_trl.console import enable_console_logging, named_setup_errors
 from ranke_trl.data import load_prompt_dataset
-from ranke_trl.recipes import build_callbacks, build_peft_config, build_policy, build_rewards, parse_recipe
+from ranke_trl.recipes import (build_callbacks, build_peft_config, build_policy, build_rbp_rewards, build_rewards,
+                               parse_recipe)
 
 
 def main(argv=None):
@@ -36,6 +37,7 @@ def set_up(argv=None):
     trainer = RankEGRPOTrainer(
         model=model,
         reward_funcs=build_rewards(script_args),
+        rbp_reward_funcs=build_rbp_rewards(script_args),
         args=config,
         train_dataset=dataset,
         processing_class=processor,

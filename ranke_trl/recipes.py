@@ -61,6 +61,12 @@ class RecipeArguments:
         metadata={"help": "Rewards by name (`ranke_trl.rewards.load_reward`): 'clip', 'hps', 'tiny_clip', or a "
                   "plugin's ('shapes_clip', 'shapes_eval')."},
     )
+    rbp_reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Differentiable rewards by name that Stage 2's L_rbp back-propagates instead of the "
+                  "differentiable ones among reward_funcs (ours): e.g. a second reward model, so that the reward "
+                  "evaluated is not the one the decoder is optimised against. None: reward_funcs (the paper)."},
+    )
     clip_model_name: str = field(default="ViT-L-14", metadata={"help": "open_clip model of the CLIP reward."})
     clip_pretrained: str = field(
         default="openai",
@@ -309,8 +315,9 @@ def build_peft_config(script_args: RecipeArguments):
     )
 
 
-def build_rewards(script_args: RecipeArguments) -> list:
-    """Instantiate the recipe's rewards by name, each loaded once."""
+def build_rewards(script_args: RecipeArguments, names: list[str] | None = None, **extra) -> list:
+    """Instantiate rewards by name, each loaded once: `names`, default the recipe's `reward_funcs`; `extra` keyword
+    arguments go to every reward's loader (e.g. a plugin's `cache_dir`)."""
     from .rewards import load_reward
 
     common = {"batch_size": script_args.reward_batch_size, "dtype": script_args.reward_dtype}
@@ -319,4 +326,12 @@ def build_rewards(script_args: RecipeArguments) -> list:
         "hps": {"version": script_args.hps_version, "checkpoint": script_args.hps_checkpoint},
         "hpsv2": {"version": script_args.hps_version, "checkpoint": script_args.hps_checkpoint},
     }
-    return [load_reward(name, **common, **per_reward.get(name, {})) for name in script_args.reward_funcs]
+    names = script_args.reward_funcs if names is None else names
+    return [load_reward(name, **common, **extra, **per_reward.get(name, {})) for name in names]
+
+
+def build_rbp_rewards(script_args: RecipeArguments, **extra) -> list | None:
+    """The recipe's `rbp_reward_funcs` as reward objects for `RankEGRPOTrainer(rbp_reward_funcs=...)`, or None."""
+    if script_args.rbp_reward_funcs is None:
+        return None
+    return build_rewards(script_args, script_args.rbp_reward_funcs, **extra)

@@ -68,6 +68,22 @@ logger = logging.getLogger(__name__)
 _UPSTREAM_DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated",)
 
 
+def _check_rbp_rewards(rbp_reward_funcs):
+    """`rbp_reward_funcs` as a list (None stays None), each one differentiable, or a ValueError naming it."""
+    if rbp_reward_funcs is None:
+        return None
+    funcs = list(rbp_reward_funcs) if isinstance(rbp_reward_funcs, (list, tuple)) else [rbp_reward_funcs]
+    if not funcs:
+        raise ValueError("rbp_reward_funcs=[] would leave L_rbp nothing to back-propagate; pass None for the "
+                         "differentiable rewards among reward_funcs, or set lambda_rbp=0 to turn L_rbp off.")
+    for func in funcs:
+        if not (getattr(func, "is_differentiable", False) and callable(getattr(func, "score", None))):
+            name = getattr(func, "__name__", type(func).__name__)
+            raise ValueError(f"rbp_reward_funcs: {name!r} is not differentiable (L_rbp needs `is_differentiable = "
+                             "True` and `score(images01, prompts)`, as CLIPReward and HPSReward have).")
+    return funcs
+
+
 @contextlib.contextmanager
 def _without_upstream_deprecation_noise():
     """Hide `_UPSTREAM_DEPRECATIONS` inside `train()` only; the caller's warning filters are restored on exit."""
@@ -144,6 +160,10 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         train_dataset: a `datasets.Dataset` with a `prompt` column (and an `image` column for Stage 2 and the
             shift diagnostics).
         processing_class: the `JanusProcessor` (as `AutoProcessor` loads it) or its tokenizer.
+        rbp_reward_funcs: differentiable rewards (`is_differentiable = True`, `score(images01, prompts)`) that Stage
+            2's reward back-propagation L_rbp uses *instead of* the differentiable ones among `reward_funcs`, each
+            with weight 1: e.g. a second reward model, so that the reward that is evaluated is not the one the decoder
+            is optimised against (ours). None (default): the paper's L_rbp through `reward_funcs`.
     """
 
     _tag_names = ["trl", "grpo", "ranke", "text-to-image"]
@@ -159,6 +179,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
         callbacks=None,
         optimizers=(None, None),
         peft_config=None,
+        rbp_reward_funcs=None,
     ):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model") or "model"
@@ -180,6 +201,7 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
                 f"{type(processing_class).__name__}."
             )
         reward_funcs = check_reward_funcs(reward_funcs)
+        self.rbp_reward_funcs = _check_rbp_rewards(rbp_reward_funcs)
 
         # The policy adapter owns every backbone detail; the VQ model leaves the policy so that neither the
         # policy's optimizer nor its DeepSpeed engine ever owns the decoder (NOTES.md).
@@ -232,12 +254,15 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             for f, n in zip(self.reward_funcs, self.reward_func_names, strict=True)
         ]
         self.codec.module.to(self.accelerator.device).eval().requires_grad_(False)
-        for func in reward_funcs:  # each rank scores on its own device, not on the CPU a reward was built on
+        for func in [*reward_funcs, *(self.rbp_reward_funcs or [])]:  # each rank scores on its own device
             if isinstance(func, OpenClipReward) and func.device.type == "cpu":
                 func.to(device=self.accelerator.device)
         self._check_stage2_inputs(args, train_dataset)
+        rbp_fns = self.rbp_reward_funcs
+        if rbp_fns is None:
+            rbp_fns = [getattr(f, "func", f) for f in self.reward_funcs]
         # The paper's L_rbp applies only to differentiable rewards; unset, it follows the rewards (on this copy).
-        args.lambda_rbp = resolve_lambda_rbp(args.lambda_rbp, [getattr(f, "func", f) for f in self.reward_funcs])
+        args.lambda_rbp = resolve_lambda_rbp(args.lambda_rbp, rbp_fns)
         self.rollout_buffer = self.decoder_phase = None
         self._decoder_phases = 0
         self.last_decoder_metrics: dict[str, float] = {}  # the latest phase's, as `run_decoder_phase` returned them
@@ -246,8 +271,8 @@ class RankEGRPOTrainer(RankECheckpointing, GRPOTrainer):
             self.decoder_phase = DecoderPhase(
                 self.codec,
                 args,
-                reward_fns=[getattr(f, "func", f) for f in self.reward_funcs],
-                reward_weights=self.reward_weights.tolist(),
+                reward_fns=rbp_fns,
+                reward_weights=self.reward_weights.tolist() if self.rbp_reward_funcs is None else None,
                 device=self.accelerator.device,
             )
             self.add_callback(DecoderPhaseCallback(self))

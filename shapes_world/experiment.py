@@ -55,8 +55,7 @@ from ranke_trl.corpus import image_to_tensor
 from ranke_trl.data import load_prompt_dataset
 from ranke_trl.decoder import reconstruction_error
 from ranke_trl.policy import make_policy
-from ranke_trl.recipes import RecipeArguments, RecipeError, RecipeParser
-from ranke_trl.rewards import load_reward
+from ranke_trl.recipes import RecipeArguments, RecipeError, RecipeParser, build_rbp_rewards, build_rewards
 
 from .data import make_split
 from .evaluation import METRICS, WorldEvaluator, decoder_swap, world_decoder
@@ -332,10 +331,10 @@ def run_row(row: ExperimentRow, seed: int, evaluator: WorldEvaluator, cache_dir,
     if row.mode in TRAINER_MODES:
         config = parsed[2]
         train = _train_prompts(script_args, seed)
-        common = {"batch_size": script_args.reward_batch_size, "dtype": script_args.reward_dtype}
-        rewards = [load_reward(name, cache_dir=cache_dir, **common) for name in script_args.reward_funcs]
+        rewards = build_rewards(script_args, cache_dir=cache_dir)
         trainer = RankEGRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
-                                   processing_class=processor)
+                                   processing_class=processor,
+                                   rbp_reward_funcs=build_rbp_rewards(script_args, cache_dir=cache_dir))
         resume = last_complete_checkpoint(checkpoints, trainer._checkpoint_files())
         if resume is not None and os.path.isfile(curve_path):  # the points up to the checkpoint; later ones again
             with open(curve_path, encoding="utf-8") as f:

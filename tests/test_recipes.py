@@ -143,3 +143,14 @@ def test_recipe_errors_come_before_any_model_loads_as_one_named_line(tmp_path, m
     assert exit_info.value.code == 2 and not loaded
     err = capsys.readouterr().err
     assert err.startswith("error: Unknown recipe key 'num_generation'") and "Traceback" not in err
+
+
+def test_rbp_reward_funcs_name_the_rewards_l_rbp_uses_and_default_to_none():
+    from ranke_trl.recipes import build_rbp_rewards
+
+    recipe = os.path.join(REPO, "recipes/janus_clip.yaml")
+    script_args, _ = parse_recipe(["--recipe", recipe, "--bf16", "false"])
+    assert script_args.rbp_reward_funcs is None and build_rbp_rewards(script_args) is None
+    script_args, _ = parse_recipe(["--recipe", recipe, "--bf16", "false", "--rbp_reward_funcs", "tiny_clip"])
+    (reward,) = build_rbp_rewards(script_args)
+    assert script_args.rbp_reward_funcs == ["tiny_clip"] and reward.is_differentiable

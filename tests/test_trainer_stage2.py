@@ -282,3 +282,30 @@ def test_stored_ground_truth_codes_are_used_instead_of_encoding(tmp_path, tiny_j
     trainer = _trainer(tmp_path, tiny_janus, tiny_processor, dataset=dataset, max_steps=1)
     trainer.train()
     assert trainer.corpus_codes().tolist() == stored
+
+
+def test_rbp_reward_funcs_drive_l_rbp_instead_of_the_grpo_reward(tmp_path, tiny_janus, tiny_processor):
+    def black_box(prompts, completions, **kwargs):
+        return [float(image[0].mean()) for image in completions]
+
+    second = CLIPReward.tiny(seed=1)
+    calls = []
+    score = second.score
+    second.score = lambda images, prompts: calls.append(len(images)) or score(images, prompts)
+    trainer = RankEGRPOTrainer(model=tiny_janus, reward_funcs=[black_box], rbp_reward_funcs=[second],
+                               args=_args(tmp_path, max_steps=1), train_dataset=colour_squares(),
+                               processing_class=tiny_processor)
+    assert trainer.args.lambda_rbp == 0.5  # on, through the second reward, though the GRPO reward is a black box
+    assert trainer.decoder_phase.rbp_fns == [second]
+    trainer.train()
+    assert calls  # L_rbp scored decoded rollouts with the second reward
+    assert "decoder/loss_rbp" in {k for entry in trainer.state.log_history for k in entry}
+
+
+def test_a_black_box_rbp_reward_is_refused_by_name(tmp_path, tiny_janus, tiny_processor):
+    def black_box(prompts, completions, **kwargs):
+        return [0.0] * len(completions)
+
+    with pytest.raises(ValueError, match="rbp_reward_funcs: 'black_box' is not differentiable"):
+        RankEGRPOTrainer(model=tiny_janus, reward_funcs=[CLIPReward.tiny()], rbp_reward_funcs=[black_box],
+                         args=_args(tmp_path), train_dataset=colour_squares(), processing_class=tiny_processor)
