@@ -33,10 +33,14 @@ def main():
     parser.add_argument("--until", choices=STAGES, default=None,
                         help="Stop after this stage (e.g. 'vq' for the v2 gate's pre-RL check); rerun without it "
                              "to finish the world.")
+    parser.add_argument("--second_clip", action="store_true",
+                        help="Also prepare clip_second/, a CLIP on other scenes and weights (the shapes_clip_second "
+                             "reward, for L_rbp apart from the evaluation's CLIP); the rest is reused.")
     args = parser.parse_args()
 
     root = prepare_shapes_world(cache_dir=args.cache_dir, tiny=args.tiny, seed=args.seed, force=args.force,
-                                backbone=args.backbone, patch_size=args.patch_size, until=args.until)
+                                backbone=args.backbone, patch_size=args.patch_size, until=args.until,
+                                second_clip=args.second_clip)
     manifest = read_manifest(root)
     print(f"ShapesWorld cache: {root}")
     for stage, record in manifest["stages"].items():

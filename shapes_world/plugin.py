@@ -5,7 +5,8 @@ registries exactly as a third-party package would (`setup.py`: entry point `rank
   or its tiny LlamaGen with the recipe key `shapes_backbone: llamagen`;
 - dataset `shapes` (`dataset_name`, `reference_dataset`): `make_split` rows, 4096 by default, split "test" when
   none is named;
-- rewards `shapes_clip` (the world's CLIP) and `shapes_eval` (ShapesEval's partial credit, a black box);
+- rewards `shapes_clip` (the world's CLIP), `shapes_clip_second` (a second CLIP, on other scenes from other
+  weights) and `shapes_eval` (ShapesEval's partial credit, a black box);
 - prompt set `shapes` (`ranke-trl eval`): the test split, 64 prompts by default, with GenEval-like metadata;
 - metric `shapes` (`ranke-trl eval`): the world's own metrics on those prompts (`evaluation.WorldEvalMetric`),
   rendering measures included (`render/*`, `rendering.py`);
@@ -117,6 +118,13 @@ def _shapes_clip(**kwargs):
     return shapes_clip_reward(**kwargs)
 
 
+def _shapes_clip_second(**kwargs):
+    """The second CLIP's reward (other scenes and weights), for L_rbp apart from the evaluation's CLIP."""
+    from .pretrain import shapes_clip_reward
+
+    return shapes_clip_reward(second=True, **kwargs)
+
+
 def _shapes_eval(**_):
     """ShapesEval's black-box reward (partial credit in [0, 1]; no gradient, no model to place)."""
     from .shapes_eval import shapes_eval_reward
@@ -141,6 +149,7 @@ def register() -> None:
     register_model_source("shapes", _policy)
     register_dataset("shapes", _dataset, default_split="test")
     register_reward("shapes_clip", _shapes_clip)
+    register_reward("shapes_clip_second", _shapes_clip_second)
     register_reward("shapes_eval", _shapes_eval)
     register_prompt_set("shapes", _prompts, geneval_metadata=True)
     register_metric("shapes", _world_metric, check=_check_world_metric)

@@ -119,6 +119,10 @@ TINY = ShapesWorldSettings(
 
 BACKBONES = ("janus", "llamagen")  # the architectures of the world's SFT'd policy
 LLAMAGEN_STAGE = "policy_llamagen"
+#: an extra stage: a second CLIP, trained like `clip/` on other scenes (seed + `SECOND_CLIP_SEED_OFFSET`) from other
+#: initial weights, so that L_rbp can be driven by a reward the evaluation's CLIP score does not share (ours)
+SECOND_CLIP_STAGE = "clip_second"
+SECOND_CLIP_SEED_OFFSET = 1000
 # Estimated from timed steps (an SFT step costs 0.64x the Janus one at equal widths), not from a full run.
 LLAMAGEN_ESTIMATE = {False: "about 7-9 min on 2 idle cores", True: "seconds"}  # keyed by `tiny`
 
@@ -273,7 +277,8 @@ def _train_vq(s: ShapesWorldSettings, seed: int, world: _World, root: Path, prog
     return vq, {"num_parameters": sum(p.numel() for p in vq.parameters()), "train_log": log, "quality": quality}
 
 
-def _train_clip(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, vq: JanusVQVAE):
+def _train_clip(s: ShapesWorldSettings, seed: int, world: _World, root: Path, progress: bool, vq: JanusVQVAE,
+                stage: str = "clip"):
     train_codes, _ = world.codes(vq)
     # The reward scores decoded images, so the CLIP also sees VQ reconstructions of its training renders.
     recon01 = _decode(JanusVQCodec(vq), train_codes, "CLIP: decoding train images", progress)
@@ -284,7 +289,7 @@ def _train_clip(s: ShapesWorldSettings, seed: int, world: _World, root: Path, pr
         torch.cat([world.train_images, recon]), captions * 2, config, s.clip_steps, s.clip_batch_size,
         s.clip_learning_rate, seed, progress, desc="CLIP: training",
     )
-    _save_stage(root, "clip", lambda folder: save_open_clip(model, config, folder))
+    _save_stage(root, stage, lambda folder: save_open_clip(model, config, folder))
     eval_captions = [scene.prompt for scene in world.eval_scenes]
     quality = {
         "retrieval_top1": clip_retrieval_accuracy(model, world.eval01, eval_captions),
@@ -378,6 +383,7 @@ def prepare_shapes_world(
     backbone: str = "janus",
     patch_size: int | None = None,
     until: str | None = None,
+    second_clip: bool = False,
 ) -> str:
     """Train and cache whatever ShapesWorld component is missing; returns the cache folder.
 
@@ -397,6 +403,8 @@ def prepare_shapes_world(
             None: the cache's recorded one, else 8.
         until: stop after this stage (one of `STAGES`), e.g. "vq" for the v2 gate's pre-RL check, which needs only
             the feature net and the VQ; a later call without it resumes at the next stage.
+        second_clip: also prepare `clip_second/` (`SECOND_CLIP_STAGE`), the `shapes_clip_second` reward, on a
+            prepared world without retraining anything else.
 
     Raises:
         ValueError: if the cache was prepared with another seed, size or settings; pass `force=True` or another
@@ -406,7 +414,7 @@ def prepare_shapes_world(
         raise ValueError(f"backbone={backbone!r}: ShapesWorld prepares a policy of architecture {BACKBONES}.")
     if until is not None and until not in STAGES:
         raise ValueError(f"until={until!r} is not a stage; use one of {STAGES}.")
-    if until is not None and backbone != "janus":
+    if until is not None and (backbone != "janus" or second_clip):
         raise ValueError(f"until={until!r} stops before the world is complete, and backbone={backbone!r} needs all "
                          "of it; prepare the world first, then add the backbone.")
     root = shapes_cache_dir(cache_dir, tiny)
@@ -422,6 +430,8 @@ def prepare_shapes_world(
         _prepare(root, settings, tiny, seed, force, show_progress, until)
         if backbone == "llamagen":
             _prepare_llamagen(root, settings, tiny, seed, show_progress)
+        if second_clip:
+            _prepare_second_clip(root, settings, seed, show_progress)
         return str(root)
 
 
@@ -551,6 +561,29 @@ def _prepare_llamagen(root: Path, settings: ShapesWorldSettings, tiny: bool, see
                         f"{root / LLAMAGEN_STAGE}")
 
 
+def _prepare_second_clip(root: Path, settings: ShapesWorldSettings, seed: int, show_progress: bool) -> None:
+    """The extra stage on a prepared world: `clip_second/`, a CLIP trained as `clip/` is, on the renders (and their
+    VQ reconstructions) of scenes drawn with seed + `SECOND_CLIP_SEED_OFFSET`, from that seed's initial weights.
+    Its retrieval is measured on that seed's validation scenes. Like the LlamaGen stage, a world whose stages are
+    retrained drops its record, and the next request trains it again."""
+    manifest = read_manifest(root)
+    if _complete(root, manifest, SECOND_CLIP_STAGE):
+        return
+    other = seed + SECOND_CLIP_SEED_OFFSET
+    _say(show_progress, f"Preparing ShapesWorld's second CLIP into {root / SECOND_CLIP_STAGE} (the other stages are "
+                        f"cached): other scenes and weights (seed {other}), about as long as stage 3")
+    start = time.perf_counter()
+    vq = JanusVQVAE.from_pretrained(root / "vq").eval()
+    _, record = _train_clip(settings, other, _World(settings, other, show_progress), root, show_progress, vq,
+                            stage=SECOND_CLIP_STAGE)
+    disk = sum(f.stat().st_size for f in (root / SECOND_CLIP_STAGE).rglob("*") if f.is_file())
+    manifest["stages"][SECOND_CLIP_STAGE] = {"seed": other, **record, "disk_mb": round(disk / 2**20, 2),
+                                             "wall_s": round(time.perf_counter() - start, 1)}
+    _write_manifest(root, manifest)
+    _say(show_progress, f"ShapesWorld's second CLIP prepared in {manifest['stages'][SECOND_CLIP_STAGE]['wall_s']} s: "
+                        f"{root / SECOND_CLIP_STAGE}")
+
+
 def _headline(stages: dict) -> dict:
     """The figures that say whether the world is usable for RL, gathered from the stage records."""
     vq, clip, policy = (stages[name]["quality"] for name in ("vq", "clip", "policy"))
@@ -577,15 +610,16 @@ def _component(cache_dir, name: str, prepare: bool) -> Path:
     tiny, seed = identity.get("tiny", False), identity.get("seed", 0)
     patch_size = _recorded_patch_size(manifest)
     backbone = "llamagen" if name == LLAMAGEN_STAGE else "janus"
+    second_clip = name == SECOND_CLIP_STAGE
     complete = _llamagen_complete(root, manifest, tiny) if backbone == "llamagen" else _complete(root, manifest, name)
     if complete:
         return root / name
     if not prepare:
-        how = ("`python examples/prepare_shapes_world.py --backbone llamagen` (or "
-               "`prepare_shapes_world(backbone='llamagen')`)") if backbone == "llamagen" else (
-               "`python examples/prepare_shapes_world.py` (or `prepare_shapes_world()`)")
+        flag, call = (("--backbone llamagen", "backbone='llamagen'") if backbone == "llamagen" else
+                      ("--second_clip", "second_clip=True") if second_clip else ("", ""))
+        how = f"`python examples/prepare_shapes_world.py{' ' + flag if flag else ''}` (or `prepare_shapes_world({call})`)"
         raise FileNotFoundError(f"No ShapesWorld {name!r} in {root}. Run {how}, or pass prepare=True.")
-    prepare_shapes_world(root, tiny=tiny, seed=seed, backbone=backbone, patch_size=patch_size)
+    prepare_shapes_world(root, tiny=tiny, seed=seed, backbone=backbone, patch_size=patch_size, second_clip=second_clip)
     return root / name
 
 
@@ -603,13 +637,16 @@ def shapes_policy_path(
     return str(_component(cache_dir, LLAMAGEN_STAGE if backbone == "llamagen" else "policy", prepare))
 
 
-def shapes_clip_reward(cache_dir: str | os.PathLike | None = None, prepare: bool = True, **kwargs):
-    """The `shapes_clip` reward: a `CLIPReward` on the ShapesWorld CLIP, loaded as an open_clip `local-dir:` model.
+def shapes_clip_reward(cache_dir: str | os.PathLike | None = None, prepare: bool = True, second: bool = False,
+                       **kwargs):
+    """The `shapes_clip` reward: a `CLIPReward` on the ShapesWorld CLIP, loaded as an open_clip `local-dir:` model;
+    `second=True`: `shapes_clip_second`, on the second CLIP (`SECOND_CLIP_STAGE`).
 
     `kwargs` (device, dtype, batch_size) go to `CLIPReward`. Scores are cosine similarities in [-1, 1].
     """
-    reward = CLIPReward(f"local-dir:{_component(cache_dir, 'clip', prepare)}", pretrained=None, **kwargs)
-    reward.__name__ = "shapes_clip"  # TRL logs it as rewards/shapes_clip/...
+    stage = SECOND_CLIP_STAGE if second else "clip"
+    reward = CLIPReward(f"local-dir:{_component(cache_dir, stage, prepare)}", pretrained=None, **kwargs)
+    reward.__name__ = "shapes_clip_second" if second else "shapes_clip"  # TRL logs it as rewards/<name>/...
     return reward
 
 

@@ -153,3 +153,15 @@ def test_the_v2_gate_rows_run_on_a_world_of_16x16_codes(tmp_path_factory):
         assert {"render/off_palette", "render/confident", "shift/token_kl_bits"} <= set(row)
     result = json.loads(next(out.rglob("result.json")).read_text())
     assert result  # each run's result lands in its own folder
+
+
+def test_the_v2_second_clip_row_differs_from_ranke_in_its_l_rbp_only():
+    v2 = os.path.join(REPO, "recipes", "shapes_v2")
+    ranke = load_row(os.path.join(v2, "03_ranke.yaml"))
+    second = load_row(os.path.join(v2, "05_ranke_rbp_second_clip.yaml"))
+    (_, r_script, r_train), (_, s_script, s_train) = ranke.parse(0), second.parse(0)
+    assert (r_script.rbp_reward_funcs, r_train.lambda_rbp) == (None, 0.0)
+    assert (s_script.rbp_reward_funcs, s_train.lambda_rbp) == (["shapes_clip_second"], 0.5)
+    assert s_script.reward_funcs == r_script.reward_funcs == ["shapes_clip"] and second.args.seeds == [0]
+    differ = {k for k, v in r_train.to_dict().items() if s_train.to_dict()[k] != v}
+    assert differ <= {"lambda_rbp", "output_dir", "logging_dir", "run_name"}, differ

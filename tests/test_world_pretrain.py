@@ -231,3 +231,25 @@ def test_bad_until_and_patch_size_are_refused_naming_the_choices(tmp_path):
         pretrain.prepare_shapes_world(tmp_path, tiny=True, until="decoder")
     with pytest.raises(ValueError, match="patch_size=6: use 4, 8 or 16"):
         pretrain.prepare_shapes_world(tmp_path, tiny=True, patch_size=6)
+
+
+def test_a_second_clip_is_added_to_a_prepared_world_and_loads_as_its_own_reward(cache, tmp_path, monkeypatch):
+    from ranke_trl.rewards import load_reward
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    with pytest.raises(FileNotFoundError, match="--second_clip"):
+        pretrain.shapes_clip_reward(copy, prepare=False, second=True)
+    for name in ("train_attribute_net", "train_vqgan"):  # only the CLIP trainer may run
+        monkeypatch.setattr(pretrain, name, lambda *a, **k: pytest.fail("the world was retrained"))
+    before = {stage: (copy / stage / "model.safetensors").read_bytes() for stage in ("vq", "policy")}
+    second = load_reward("shapes_clip_second", cache_dir=str(copy))  # prepares the stage on first use
+    first = load_reward("shapes_clip", cache_dir=str(copy))
+    assert second.__name__ == "shapes_clip_second" and second.is_differentiable
+    record = pretrain.read_manifest(copy)["stages"][pretrain.SECOND_CLIP_STAGE]
+    assert record["seed"] == pretrain.SECOND_CLIP_SEED_OFFSET and "retrieval_top1" in record["quality"]
+    weights = [dict(r.model.named_parameters()) for r in (first, second)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert before == {stage: (copy / stage / "model.safetensors").read_bytes() for stage in ("vq", "policy")}
+    images = torch.rand(2, 3, 64, 64)
+    assert second.score(images, ["a red circle", "a blue square"]).shape == (2,)
