@@ -178,7 +178,7 @@ def test_load_reward_builds_rewards_by_name():
 
 
 def test_load_reward_rejects_an_unknown_name_and_lists_the_known_ones():
-    with pytest.raises(ValueError, match="clip, hps, hpsv2, shapes_clip, shapes_eval, tiny_clip"):
+    with pytest.raises(ValueError, match="clip, hps, hpsv2, shapes_clip, shapes_clip_second, shapes_eval, tiny_clip"):
         load_reward("pickscore")
 
 
