@@ -415,8 +415,9 @@ def prepare_shapes_world(
     if until is not None and until not in STAGES:
         raise ValueError(f"until={until!r} is not a stage; use one of {STAGES}.")
     if until is not None and (backbone != "janus" or second_clip):
-        raise ValueError(f"until={until!r} stops before the world is complete, and backbone={backbone!r} needs all "
-                         "of it; prepare the world first, then add the backbone.")
+        extra = f"backbone={backbone!r}" if backbone != "janus" else "second_clip=True"
+        raise ValueError(f"until={until!r} stops before the world is complete, and {extra} needs all of it; prepare "
+                         "the world first, then add it.")
     root = shapes_cache_dir(cache_dir, tiny)
     root.mkdir(parents=True, exist_ok=True)
     # One preparer at a time: under `accelerate launch` every rank asks for the cache, and the others must wait
@@ -424,7 +425,7 @@ def prepare_shapes_world(
     with FileLock(str(root / ".prepare.lock")):
         if patch_size is None:
             patch_size = 8 if force else _recorded_patch_size(read_manifest(root))
-        if (64 // patch_size) * patch_size != 64 or patch_size not in (4, 8, 16):
+        if patch_size not in (4, 8, 16):
             raise ValueError(f"patch_size={patch_size}: use 4, 8 or 16 (pixels per code side on the 64 px canvas).")
         settings = replace(TINY if tiny else FULL, patch_size=patch_size)
         _prepare(root, settings, tiny, seed, force, show_progress, until)
